@@ -1,0 +1,1 @@
+"""Triton kernels of the STI ops (installed as ``stzsar.kernels``)."""

@@ -1,0 +1,1 @@
+"""The ``stzsar`` command line: one module per subcommand, each with ``register(subparsers)``."""

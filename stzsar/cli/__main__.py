@@ -1,0 +1,3 @@
+from stzsar.cli.main import main
+
+raise SystemExit(main())

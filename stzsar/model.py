@@ -1,0 +1,203 @@
+"""The whole model: CLIP video and text encoders around the STI module, and its factory.
+
+``build_model(name, pretrained)`` makes an open_clip model (any of its architecture names, or the
+tiny stzsar configs in ``stzsar/model_configs/`` registered under ``stzsar-*`` names) and wraps its
+towers: the image tower runs per frame (``stzsar.video``), the frozen text tower encodes the class
+prompts once per class list (``stzsar.text``), and ``STIModule`` scores every (video, class).
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+import os
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Dict, List, Optional, Sequence, Union
+
+import torch
+from torch import Tensor, nn
+
+from stzsar.sti import STIModule
+from stzsar.text import ClassBank, TextEncoder
+from stzsar.text.prompts import DEFAULT_TEMPLATE, build_prompts
+from stzsar.video import VideoEncoder
+
+MODEL_CONFIG_DIR = Path(__file__).resolve().parent / "model_configs"
+
+
+class PretrainedWeightsUnavailable(RuntimeError):
+    """Raised when the CLIP weights asked for cannot be had (no network, unknown tag, bad file)."""
+
+
+@dataclass
+class ModelConfig:
+    """Everything ``build_model`` needs to rebuild a model (saved in checkpoints)."""
+
+    name: str = "ViT-B-16"
+    pretrained: Optional[str] = None
+    frozen_blocks: Optional[int] = None
+    temporal_layers: int = 0
+    temperature: float = 0.01
+    normalize: bool = True
+    template: str = DEFAULT_TEMPLATE
+    template_words: bool = True
+    backend: str = "auto"
+    image_size: Optional[int] = None
+
+
+@functools.lru_cache(maxsize=None)
+def register_model_configs() -> None:
+    """Make the ``stzsar-*`` configs known to open_clip (once)."""
+    import open_clip
+
+    open_clip.add_model_config(MODEL_CONFIG_DIR)
+
+
+def _create_clip(name: str, pretrained: Optional[str], image_size: Optional[int]):
+    import open_clip
+
+    register_model_configs()
+    if name not in open_clip.list_models():
+        raise ValueError(f"unknown model {name!r}; open_clip knows {len(open_clip.list_models())} "
+                         f"names, e.g. ViT-B-16, ViT-L-14, stzsar-tiny")
+    kwargs = {"force_image_size": image_size} if image_size else {}
+    is_file = bool(pretrained) and os.path.isfile(str(pretrained))
+    try:
+        if pretrained and is_file:
+            clip = open_clip.create_model(name, pretrained=None, **kwargs)
+            load_clip_weights(clip, pretrained)
+        else:
+            clip = open_clip.create_model(name, pretrained=pretrained, **kwargs)
+    except PretrainedWeightsUnavailable:
+        raise
+    except Exception as error:  # open_clip raises RuntimeError/OSError chains for network failures
+        if not pretrained:
+            raise
+        tags = open_clip.list_pretrained_tags_by_model(name)
+        raise PretrainedWeightsUnavailable(
+            f"could not load pretrained weights {pretrained!r} for {name!r}: "
+            f"{type(error).__name__}: {str(error).splitlines()[0] if str(error) else ''}\n"
+            f"Known tags for {name}: {tags or 'none'}. Where this machine cannot download them, fetch "
+            f"the checkpoint elsewhere (e.g. open_clip's {name} weights as a .pt/.bin/.safetensors file) "
+            f"and pass its local path: build_model({name!r}, pretrained='/path/to/weights.pt') or "
+            f"`--set model.pretrained=/path/to/weights.pt`."
+        ) from None
+    tokenizer = open_clip.get_tokenizer(name)
+    return clip, tokenizer
+
+
+def load_clip_weights(clip: nn.Module, path: Union[str, Path]) -> None:
+    """Load an open_clip/OpenAI checkpoint file into ``clip`` (strict), with a clear error."""
+    import open_clip
+
+    try:
+        open_clip.load_checkpoint(clip, str(path), strict=True)
+    except Exception as error:
+        raise PretrainedWeightsUnavailable(
+            f"{path}: not a CLIP checkpoint for this architecture ({type(error).__name__}: "
+            f"{str(error).splitlines()[0] if str(error) else ''})"
+        ) from None
+
+
+class STZSARModel(nn.Module):
+    """CLIP encoders + STI. ``forward(video [B, T, 3, H, W], class_bank) -> logits [B, C]``."""
+
+    def __init__(self, video: VideoEncoder, text: TextEncoder, sti: STIModule, logit_scale: float,
+                 config: ModelConfig):
+        super().__init__()
+        self.video = video
+        self.text = text
+        self.sti = sti
+        # CLIP's learned temperature, kept fixed like the text tower.
+        self.register_buffer("logit_scale", torch.tensor(float(logit_scale)))
+        self.config = config
+
+    @property
+    def dim(self) -> int:
+        return self.sti.dim
+
+    @property
+    def image_size(self) -> int:
+        size = self.video.visual.image_size
+        return size[0] if isinstance(size, (tuple, list)) else int(size)
+
+    def encode_classes(
+        self,
+        class_names: Sequence[str],
+        attributes: Optional[Dict[str, List[str]]] = None,
+    ) -> ClassBank:
+        """Prompts ``template.format(name, attributes...)`` through the frozen text encoder."""
+        prompts = build_prompts(
+            class_names, attributes, template=self.config.template,
+            context_length=self.text.context_length,
+        )
+        return self.text([p.text for p in prompts])
+
+    def encode_video(self, video: Tensor):
+        return self.video(video)
+
+    def logits_from_features(self, frames: Tensor, patches: Tensor, bank: ClassBank) -> Tensor:
+        bank_device = bank.words.device
+        if bank_device != frames.device:
+            bank = bank.to(frames.device)
+        cosine = self.sti.similarity(frames, patches, bank.words.to(frames.dtype), bank.word_mask,
+                                     bank.class_emb.to(frames.dtype))
+        return self.logit_scale * cosine
+
+    def forward(self, video: Tensor, bank: ClassBank) -> Tensor:
+        frames, patches = self.encode_video(video)
+        return self.logits_from_features(frames, patches, bank)
+
+    def trainable_state_dict(self) -> Dict[str, Tensor]:
+        """Only the parameters that learn (the rest is the public CLIP checkpoint)."""
+        trainable = {name for name, p in self.named_parameters() if p.requires_grad}
+        return {k: v for k, v in self.state_dict().items() if k in trainable}
+
+
+def build_model(
+    name: str = "ViT-B-16",
+    pretrained: Optional[str] = None,
+    *,
+    frozen_blocks: Optional[int] = None,
+    temporal_layers: int = 0,
+    temperature: float = 0.01,
+    normalize: bool = True,
+    template: str = DEFAULT_TEMPLATE,
+    template_words: bool = True,
+    backend: str = "auto",
+    image_size: Optional[int] = None,
+    device: Union[str, torch.device] = "cpu",
+) -> STZSARModel:
+    """Build the model around an open_clip architecture.
+
+    Args:
+        name: open_clip architecture (``ViT-B-16``, ``ViT-L-14``, ...) or ``stzsar-tiny``/``stzsar-small``.
+        pretrained: open_clip pretrained tag (e.g. ``"openai"``; downloaded by open_clip where the
+            machine can) or the path of a local CLIP checkpoint; ``None`` for random weights.
+        frozen_blocks: lower ViT blocks kept frozen (``None``: the first half).
+        temporal_layers: layers of the optional temporal transformer over frame embeddings.
+        temperature, normalize, backend: see :class:`stzsar.STIModule`.
+        template, template_words: prompt template and whether its words count as words.
+    """
+    config = ModelConfig(name, pretrained, frozen_blocks, temporal_layers, temperature, normalize,
+                         template, template_words, backend, image_size)
+    return build_model_from_config(config, device=device)
+
+
+def build_model_from_config(config: ModelConfig, device: Union[str, torch.device] = "cpu") -> STZSARModel:
+    clip, tokenizer = _create_clip(config.name, config.pretrained, config.image_size)
+    video = VideoEncoder(clip.visual, config.frozen_blocks, config.temporal_layers)
+    text = TextEncoder.from_clip(clip, tokenizer, template=config.template,
+                                 template_words=config.template_words)
+    if video.dim != text.dim:
+        raise ValueError(f"image and text towers disagree on the embedding size: {video.dim} vs {text.dim}")
+    sti = STIModule(video.dim, temperature=config.temperature, normalize=config.normalize,
+                    backend=config.backend)
+    scale = float(clip.logit_scale.detach().exp().clamp(max=100.0))
+    model = STZSARModel(video, text, sti, scale, config)
+    return model.to(device)
+
+
+def model_config_dict(model: STZSARModel) -> dict:
+    return asdict(model.config)

@@ -1,0 +1,174 @@
+"""The spatio-temporal interaction (STI) module of SPEC section 4.
+
+For a batch of B videos and C classes::
+
+    P~[b,t,k]     = ReLU(W_p P[b,t,k] + b_p)
+    A~[c,l]       = ReLU(W_w A[c,l] + b_w)
+    S_sp[b,c,t]   = max over valid l of max over k of <P~[b,t,k], A~[c,l]>
+    G[b,c,t,l]    = S_sp[b,c,t] <v[b,t], A~[c,l]> / tau
+    S_temp[b,c,t] = mean over valid l of softmax over t of G[b,c,t,l]
+    f_st[b,c]     = sum over t of S_temp[b,c,t] v[b,t]
+
+Inputs (v, P, A and the class embeddings z) are L2-normalised first unless ``normalize=False``.
+"""
+
+from __future__ import annotations
+
+from typing import Optional, Tuple
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from stzsar.ops.spatial_maxsim import check_word_mask, spatial_maxsim
+
+# Guards the cosine against a zero-norm weighted video (all-zero frames).
+COSINE_EPS = 1e-8
+
+
+def temporal_saliency_reference(
+    s_sp: Tensor, frames: Tensor, words: Tensor, word_mask: Tensor, temperature: float
+) -> Tensor:
+    """``S_temp [B, C, T]`` in plain PyTorch (forms ``[B, C, T, Nw]``)."""
+    dtype = torch.promote_types(s_sp.dtype, frames.dtype)
+    frame_word = torch.einsum("btd,cld->bctl", frames.to(dtype), words.to(dtype))
+    logits = s_sp.to(dtype).unsqueeze(-1) * frame_word / temperature
+    weights = logits.softmax(dim=2)  # over time, for every word
+    mask = word_mask.to(dtype).view(1, word_mask.shape[0], 1, word_mask.shape[1])
+    return (weights * mask).sum(-1) / mask.sum(-1)
+
+
+def sti_similarity_reference(s_temp: Tensor, frames: Tensor, class_emb: Tensor) -> Tensor:
+    """``cos(z_c, f_st[b, c])`` through the frame Gram matrix, never forming ``f_st``."""
+    dtype = torch.promote_types(s_temp.dtype, frames.dtype)
+    s_temp, frames, class_emb = s_temp.to(dtype), frames.to(dtype), class_emb.to(dtype)
+    numerator = torch.einsum("bct,btc->bc", s_temp, frames @ class_emb.t())
+    gram = frames @ frames.transpose(1, 2)  # [B, T, T]
+    norm_sq = torch.einsum("bct,bts,bcs->bc", s_temp, gram, s_temp)
+    denominator = norm_sq.clamp_min(0).sqrt() * class_emb.norm(dim=-1).unsqueeze(0)
+    return numerator / denominator.clamp_min(COSINE_EPS)
+
+
+try:  # the fused temporal/similarity ops (stzsar.ops.temporal)
+    from stzsar.ops import temporal as _temporal_ops
+except ImportError:  # pragma: no cover - only while that module is absent
+    _temporal_ops = None
+
+
+class STIModule(nn.Module):
+    """Spatio-temporal interaction between frame/patch features and class word features.
+
+    Args:
+        dim: feature size D (CLIP's joint embedding size).
+        temperature: tau of the temporal softmax (default 0.01).
+        normalize: L2-normalise frames, patches, words and class embeddings first.
+        backend: backend of the fused ops (``"auto"``, ``"torch"``, ``"cpu"``, ``"cuda"``, ``"triton"``).
+        fused: use the fused temporal/similarity ops when available (results equal the plain
+            PyTorch formulation up to rounding).
+    """
+
+    def __init__(
+        self,
+        dim: int,
+        temperature: float = 0.01,
+        normalize: bool = True,
+        backend: str = "auto",
+        fused: bool = True,
+    ):
+        super().__init__()
+        if temperature <= 0:
+            raise ValueError(f"temperature must be positive, got {temperature}")
+        self.dim = dim
+        self.temperature = float(temperature)
+        self.normalize = normalize
+        self.backend = backend
+        self.fused = fused
+        self.patch_proj = nn.Linear(dim, dim)
+        self.word_proj = nn.Linear(dim, dim)
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        # Identity start: before training, S_sp is the best cosine between (rectified) CLIP
+        # patch and word features, which is already meaningful with pretrained CLIP.
+        for layer in (self.patch_proj, self.word_proj):
+            nn.init.eye_(layer.weight)
+            nn.init.zeros_(layer.bias)
+
+    def extra_repr(self) -> str:
+        return f"dim={self.dim}, temperature={self.temperature}, normalize={self.normalize}"
+
+    # ---------------------------------------------------------------------------------------
+
+    def _check(self, frames: Tensor, patches: Tensor, words: Tensor, word_mask: Tensor) -> None:
+        if frames.dim() != 3 or patches.dim() != 4:
+            raise ValueError(
+                f"frames must be [B, T, D] and patches [B, T, Np, D], got {tuple(frames.shape)} "
+                f"and {tuple(patches.shape)}"
+            )
+        if frames.shape[:2] != patches.shape[:2]:
+            raise ValueError(
+                f"frames {tuple(frames.shape)} and patches {tuple(patches.shape)} disagree on [B, T]"
+            )
+        if words.dim() != 3 or word_mask.shape != words.shape[:2]:
+            raise ValueError(
+                f"words must be [C, Nw, D] with word_mask [C, Nw], got {tuple(words.shape)} and "
+                f"{tuple(word_mask.shape)}"
+            )
+        for name, tensor in (("frames", frames), ("patches", patches), ("words", words)):
+            if tensor.shape[-1] != self.dim:
+                raise ValueError(f"{name} has feature size {tensor.shape[-1]}, expected {self.dim}")
+        check_word_mask(word_mask)
+
+    def _prepare(self, frames, patches, words):
+        if self.normalize:
+            frames = F.normalize(frames, dim=-1)
+            patches = F.normalize(patches, dim=-1)
+            words = F.normalize(words, dim=-1)
+        projected_patches = F.relu(self.patch_proj(patches))
+        projected_words = F.relu(self.word_proj(words))
+        return frames, projected_patches, projected_words
+
+    def saliency(
+        self, frames: Tensor, patches: Tensor, words: Tensor, word_mask: Tensor
+    ) -> Tuple[Tensor, Tensor, Tensor]:
+        """``(S_sp, S_temp, frames_used)``: the spatial and temporal scores ``[B, C, T]`` and the
+        (normalised) frame features they weight."""
+        self._check(frames, patches, words, word_mask)
+        frames, projected_patches, projected_words = self._prepare(frames, patches, words)
+        s_sp = spatial_maxsim(projected_patches, projected_words, word_mask, backend=self.backend)
+        fused = _temporal_ops if self.fused else None
+        if fused is not None:
+            s_temp = fused.temporal_saliency(
+                s_sp, frames, projected_words, word_mask, self.temperature, backend=self.backend
+            )
+        else:
+            s_temp = temporal_saliency_reference(
+                s_sp, frames, projected_words, word_mask, self.temperature
+            )
+        return s_sp, s_temp, frames
+
+    def forward(self, frames: Tensor, patches: Tensor, words: Tensor, word_mask: Tensor) -> Tensor:
+        """``f_st [B, C, D]``: the class-conditioned video representation."""
+        _, s_temp, frames = self.saliency(frames, patches, words, word_mask)
+        return torch.einsum("bct,btd->bcd", s_temp.to(frames.dtype), frames)
+
+    def similarity(
+        self,
+        frames: Tensor,
+        patches: Tensor,
+        words: Tensor,
+        word_mask: Tensor,
+        class_emb: Tensor,
+    ) -> Tensor:
+        """``cos(z_c, f_st[b, c])`` ``[B, C]`` (no logit scale), without forming ``[B, C, D]``."""
+        if class_emb.dim() != 2 or class_emb.shape[0] != words.shape[0]:
+            raise ValueError(
+                f"class_emb must be [C, D] with C = {words.shape[0]}, got {tuple(class_emb.shape)}"
+            )
+        _, s_temp, frames = self.saliency(frames, patches, words, word_mask)
+        if self.normalize:
+            class_emb = F.normalize(class_emb, dim=-1)
+        fused = _temporal_ops if self.fused else None
+        if fused is not None:
+            return fused.sti_similarity(s_temp, frames, class_emb, backend=self.backend)
+        return sti_similarity_reference(s_temp, frames, class_emb)

@@ -1,0 +1,122 @@
+"""STIModule against a float64 loop implementation of SPEC section 4."""
+
+import pytest
+import torch
+
+from stzsar import STIModule
+from tests.sti_reference import sti_loops
+
+
+def _inputs(B=2, T=3, Np=5, C=3, Nw=4, D=8, seed=0, dtype=torch.float64):
+    g = torch.Generator().manual_seed(seed)
+    frames = torch.randn(B, T, D, generator=g, dtype=dtype)
+    patches = torch.randn(B, T, Np, D, generator=g, dtype=dtype)
+    words = torch.randn(C, Nw, D, generator=g, dtype=dtype)
+    class_emb = torch.randn(C, D, generator=g, dtype=dtype)
+    mask = torch.rand(C, Nw, generator=g) > 0.4
+    mask[:, 0] = True
+    return frames, patches, words, mask, class_emb
+
+
+def _module(D, normalize=True, seed=1, tau=0.01, fused=True, dtype=torch.float64):
+    torch.manual_seed(seed)
+    module = STIModule(D, temperature=tau, normalize=normalize, fused=fused).to(dtype)
+    with torch.no_grad():  # move away from the identity start so the projections matter
+        for layer in (module.patch_proj, module.word_proj):
+            layer.weight.add_(0.3 * torch.randn_like(layer.weight))
+            layer.bias.add_(0.05 * torch.randn_like(layer.bias))
+    return module
+
+
+def _reference(module, frames, patches, words, mask, class_emb):
+    return sti_loops(
+        frames, patches, words, mask, class_emb,
+        module.patch_proj.weight.detach(), module.patch_proj.bias.detach(),
+        module.word_proj.weight.detach(), module.word_proj.bias.detach(),
+        module.temperature, module.normalize,
+    )
+
+
+@pytest.mark.parametrize("normalize", [True, False])
+@pytest.mark.parametrize("fused", [True, False])
+@pytest.mark.parametrize("tau", [0.01, 0.5])
+def test_forward_and_similarity_match_loops(normalize, fused, tau):
+    frames, patches, words, mask, class_emb = _inputs(seed=int(tau * 100) + normalize)
+    module = _module(frames.shape[-1], normalize=normalize, tau=tau, fused=fused)
+    s_sp, s_temp, f_st, cos = _reference(module, frames, patches, words, mask, class_emb)
+    got_sp, got_temp, _ = module.saliency(frames, patches, words, mask)
+    torch.testing.assert_close(got_sp, s_sp, rtol=1e-10, atol=1e-10)
+    torch.testing.assert_close(got_temp, s_temp, rtol=1e-9, atol=1e-12)
+    torch.testing.assert_close(module(frames, patches, words, mask), f_st, rtol=1e-9, atol=1e-12)
+    torch.testing.assert_close(
+        module.similarity(frames, patches, words, mask, class_emb), cos, rtol=1e-9, atol=1e-12
+    )
+
+
+def test_float32_matches_float64_loops():
+    frames, patches, words, mask, class_emb = _inputs(B=3, T=4, Np=7, C=5, Nw=6, D=16, seed=3)
+    module = _module(16, dtype=torch.float64)
+    *_, cos = _reference(module, frames, patches, words, mask, class_emb)
+    got = module.float().similarity(frames.float(), patches.float(), words.float(), mask, class_emb.float())
+    assert got.dtype == torch.float32
+    torch.testing.assert_close(got.double(), cos, rtol=1e-4, atol=1e-5)
+
+
+def test_masked_words_never_win_nor_count():
+    frames, patches, words, mask, class_emb = _inputs(seed=5)
+    module = _module(frames.shape[-1], normalize=False)
+    poisoned = words.clone()
+    poisoned[~mask] = 1e3  # would dominate both the max and the mean if they leaked in
+    expected = _reference(module, frames, patches, words, mask, class_emb)[3]
+    got = module.similarity(frames, patches, poisoned, mask, class_emb)
+    torch.testing.assert_close(got, expected, rtol=1e-9, atol=1e-12)
+
+
+def test_class_without_valid_word_is_an_error_naming_it():
+    frames, patches, words, mask, class_emb = _inputs(C=4)
+    mask[2] = False
+    module = _module(frames.shape[-1])
+    with pytest.raises(ValueError, match="class 2"):
+        module.similarity(frames, patches, words, mask, class_emb)
+
+
+def test_bad_shapes_raise_clear_errors():
+    frames, patches, words, mask, class_emb = _inputs()
+    module = _module(frames.shape[-1])
+    with pytest.raises(ValueError, match="disagree"):
+        module(frames[:, :2], patches, words, mask)
+    with pytest.raises(ValueError, match="feature size"):
+        STIModule(4).double()(frames, patches, words, mask)
+    with pytest.raises(ValueError, match="class_emb"):
+        module.similarity(frames, patches, words, mask, class_emb[:2])
+
+
+@pytest.mark.parametrize("fused", [True, False])
+def test_gradcheck_float64(fused):
+    frames, patches, words, mask, class_emb = _inputs(B=2, T=3, Np=4, C=2, Nw=3, D=5, seed=7)
+    module = _module(5, fused=fused, tau=0.3)
+    args = [t.clone().requires_grad_(True) for t in (frames, patches, words, class_emb)]
+
+    def fn(f, p, w, z):
+        return module.similarity(f, p, w, mask, z)
+
+    assert torch.autograd.gradcheck(fn, args, eps=1e-6, atol=1e-6)
+
+
+def test_parameters_receive_gradients():
+    frames, patches, words, mask, class_emb = _inputs(seed=9)
+    module = _module(frames.shape[-1], tau=0.3)
+    module.similarity(frames, patches, words, mask, class_emb).sum().backward()
+    for name, param in module.named_parameters():
+        assert param.grad is not None and param.grad.abs().sum() > 0, name
+
+
+def test_torch_compile_fullgraph_matches_eager():
+    frames, patches, words, mask, class_emb = (
+        t.float() if t.is_floating_point() else t for t in _inputs(seed=11)
+    )
+    module = _module(frames.shape[-1], dtype=torch.float32, tau=0.3)
+    eager = module.similarity(frames, patches, words, mask, class_emb)
+    compiled = torch.compile(module.similarity, fullgraph=True, backend="aot_eager")
+    torch.testing.assert_close(compiled(frames, patches, words, mask, class_emb), eager,
+                               rtol=1e-5, atol=1e-6)
