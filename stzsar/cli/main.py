@@ -13,7 +13,7 @@ import sys
 from typing import List, Optional
 
 # Order shown in --help.
-SUBCOMMANDS = ("demo", "train", "eval", "predict", "explain", "attributes", "data", "run")
+SUBCOMMANDS = ("demo", "train", "eval", "predict", "explain", "attributes", "data")
 
 
 def build_parser() -> argparse.ArgumentParser:
