@@ -1,0 +1,274 @@
+"""The evaluation loop shared by every protocol: each video encoded once, scored against all classes.
+
+For a batch of ``B`` videos with ``V`` views each, the image encoder runs once on the ``B*V`` clips;
+the frame and patch features are then scored against the whole class bank (in chunks of classes
+when the bank is large). Adding classes therefore costs only the STI step and the similarity,
+never another pass of the ViT. Per-view logits become probabilities (softmax over all classes),
+which :class:`~stzsar.eval.meter.MultiViewMeter` averages per video.
+
+Batches are the dictionaries of :mod:`stzsar.data.dataset`::
+
+    {"video": [B, T, 3, S, S] or [B, V, T, 3, S, S], "label": [B], "index": [B],
+     "skipped": [records with .index, .path, .reason]}
+
+Any map-style dataset whose items are ``{"video", "label", "index"}`` dictionaries, or skip records
+for bad videos, can be evaluated (tests use generated tensors instead of decoded files).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from dataclasses import dataclass
+from typing import Any, Dict, Iterable, Optional, Sequence
+
+import torch
+from torch import Tensor
+from torch.utils.data import DataLoader, Dataset
+
+from stzsar.eval.distributed import DistContext, gather_meter, shard_indices
+from stzsar.eval.meter import EvalResult, MultiViewMeter
+from stzsar.text import ClassBank
+
+logger = logging.getLogger(__name__)
+
+PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+
+#: Bound on ``B*V * classes * T * Nw`` per chunk of classes: the STI's temporal step holds a few
+#: tensors of that size (about 0.5 GB each in fp32 at this bound).
+_CHUNK_ELEMENTS = 1 << 27
+
+
+@dataclass
+class EvalSettings:
+    """How an evaluation runs (not what it measures).
+
+    Attributes:
+        batch_size: videos per batch per rank (each with all its views).
+        num_workers: DataLoader decoding workers per rank.
+        device: ``auto`` (CUDA when available), ``cpu``, ``cuda``, ``cuda:1``...
+        precision: ``auto`` (bf16 autocast on CUDA when supported, else fp32), ``fp32``, ``bf16``
+            or ``fp16``.
+        class_chunk: classes scored per STI call (0: chosen from the batch and bank sizes).
+        progress: show a progress bar (videos/s and ETA) on the main rank.
+    """
+
+    batch_size: int = 16
+    num_workers: int = 4
+    device: str = "auto"
+    precision: str = "auto"
+    class_chunk: int = 0
+    progress: bool = True
+
+    def __post_init__(self) -> None:
+        if self.batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {self.batch_size}")
+        if self.num_workers < 0:
+            raise ValueError(f"num_workers must be >= 0, got {self.num_workers}")
+        if self.precision not in PRECISIONS:
+            raise ValueError(f"precision must be one of {PRECISIONS}, got {self.precision!r}")
+        if self.class_chunk < 0:
+            raise ValueError(f"class_chunk must be >= 0, got {self.class_chunk}")
+
+
+def resolve_device(name: str = "auto", context: Optional[DistContext] = None) -> torch.device:
+    """``auto``: this rank's CUDA device when CUDA is available, else the CPU."""
+    if name == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda", (context.local_rank if context else 0) % torch.cuda.device_count())
+        return torch.device("cpu")
+    device = torch.device(name)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise RuntimeError(f"device {name!r} asked for, but CUDA is not available on this machine")
+    return device
+
+
+def autocast_dtype(device: torch.device, precision: str) -> Optional[torch.dtype]:
+    """The autocast dtype for ``precision`` on ``device`` (``None``: full fp32)."""
+    if precision == "fp32":
+        return None
+    if precision == "auto":
+        if device.type == "cuda" and torch.cuda.is_bf16_supported():
+            return torch.bfloat16
+        return None
+    if precision == "fp16" and device.type != "cuda":
+        raise ValueError("fp16 autocast is for CUDA devices; use bf16 or fp32 on the CPU")
+    return torch.bfloat16 if precision == "bf16" else torch.float16
+
+
+def _autocast(device: torch.device, dtype: Optional[torch.dtype]):
+    if dtype is None:
+        return contextlib.nullcontext()
+    return torch.autocast(device_type=device.type, dtype=dtype)
+
+
+def slice_bank(bank: ClassBank, start: int, stop: int) -> ClassBank:
+    """Classes ``start:stop`` of a bank (views, no copy)."""
+    prompts = bank.prompts[start:stop] if bank.prompts else []
+    return ClassBank(bank.class_emb[start:stop], bank.words[start:stop], bank.word_mask[start:stop], prompts)
+
+
+def auto_class_chunk(num_clips: int, num_frames: int, bank: ClassBank) -> int:
+    """Classes per STI call so that ``num_clips * chunk * T * Nw`` stays under a fixed bound."""
+    per_class = max(1, num_clips * num_frames * bank.words.shape[1])
+    return max(1, min(len(bank), _CHUNK_ELEMENTS // per_class))
+
+
+def class_logits(model, frames: Tensor, patches: Tensor, bank: ClassBank, class_chunk: int = 0) -> Tensor:
+    """``[N, C]`` logits of already-encoded clips against every class of ``bank``, chunk by chunk."""
+    C = len(bank)
+    chunk = class_chunk or auto_class_chunk(frames.shape[0], frames.shape[1], bank)
+    if chunk >= C:
+        return model.logits_from_features(frames, patches, bank)
+    parts = [model.logits_from_features(frames, patches, slice_bank(bank, s, min(C, s + chunk)))
+             for s in range(0, C, chunk)]
+    return torch.cat(parts, dim=1)
+
+
+@torch.no_grad()
+def score_batch(
+    model,
+    video: Tensor,
+    bank: ClassBank,
+    *,
+    device: torch.device,
+    amp_dtype: Optional[torch.dtype] = None,
+    class_chunk: int = 0,
+) -> Tensor:
+    """Class probabilities ``[B, V, C]`` of a batch ``[B, T, 3, H, W]`` or ``[B, V, T, 3, H, W]``."""
+    if video.dim() == 5:
+        video = video.unsqueeze(1)
+    if video.dim() != 6:
+        raise ValueError(f"video batch must be [B, T, 3, H, W] or [B, V, T, 3, H, W], got {tuple(video.shape)}")
+    B, V = video.shape[:2]
+    clips = video.flatten(0, 1).to(device, non_blocking=True)
+    with _autocast(device, amp_dtype):
+        # The ViT runs once per clip; only the STI and the similarity see the classes.
+        frames, patches = model.encode_video(clips)
+        logits = class_logits(model, frames, patches, bank, class_chunk)
+    return logits.float().softmax(dim=-1).view(B, V, -1)
+
+
+def _is_skip(item: Any) -> bool:
+    return not isinstance(item, dict) and all(hasattr(item, a) for a in ("index", "path", "reason"))
+
+
+def collate_eval(items: Sequence[Any]) -> Dict[str, Any]:
+    """Stack the good items, list the skipped ones (their ``index``, ``path``, ``reason``)."""
+    good = [item for item in items if not _is_skip(item)]
+    skipped = [item for item in items if _is_skip(item)]
+    for item in good:
+        if not isinstance(item, dict) or not {"video", "label", "index"} <= set(item):
+            raise TypeError(
+                "evaluation items must be {'video', 'label', 'index'} dicts or skip records "
+                f"(index, path, reason); got {type(item).__name__}"
+            )
+    return {
+        "video": torch.stack([torch.as_tensor(item["video"]) for item in good]) if good else torch.empty(0),
+        "label": torch.tensor([int(item["label"]) for item in good], dtype=torch.long),
+        "index": torch.tensor([int(item["index"]) for item in good], dtype=torch.long),
+        "paths": [item.get("path") for item in good],
+        "skipped": skipped,
+    }
+
+
+class IndexedShard(Dataset):
+    """Items ``indices`` of ``dataset``; items keep their index in the whole dataset."""
+
+    def __init__(self, dataset: Dataset, indices: Sequence[int]):
+        self.dataset = dataset
+        self.indices = list(indices)
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+    def __getitem__(self, position: int):
+        index = self.indices[position]
+        item = self.dataset[index]
+        if isinstance(item, dict) and int(item.get("index", index)) != index:
+            raise ValueError(f"dataset item {index} reports index {item['index']}")
+        return item
+
+
+def _progress(total: int, description: str, enabled: bool):
+    if not enabled:
+        return None
+    from tqdm.auto import tqdm
+
+    # unit "video": tqdm then shows videos/s and the ETA from the measured rate.
+    return tqdm(total=total, desc=description, unit="video", dynamic_ncols=True, smoothing=0.1)
+
+
+def score_batches(
+    model,
+    batches: Iterable[Dict[str, Any]],
+    bank: ClassBank,
+    meter: MultiViewMeter,
+    *,
+    device: torch.device,
+    amp_dtype: Optional[torch.dtype] = None,
+    class_chunk: int = 0,
+    progress=None,
+    log_name: str = "evaluation",
+) -> None:
+    """Score every batch into ``meter``; skipped videos are logged once and recorded there."""
+    for batch in batches:
+        for item in batch.get("skipped", ()):
+            logger.warning("%s: video %d skipped (%s): %s", log_name, item.index, item.path, item.reason)
+            meter.skip(item.index, item.path, item.reason)
+        count = int(batch["label"].numel())
+        if count:
+            probs = score_batch(model, batch["video"], bank, device=device, amp_dtype=amp_dtype,
+                                class_chunk=class_chunk)
+            paths = batch.get("paths")
+            meter.update(probs, batch["label"], batch["index"],
+                         paths=paths if paths and all(p is not None for p in paths) else None)
+        if progress is not None:
+            progress.update(count + len(batch.get("skipped", ())))
+            progress.set_postfix(skipped=len(meter.skipped), refresh=False)
+
+
+def evaluate(
+    model,
+    dataset: Dataset,
+    bank: ClassBank,
+    class_names: Sequence[str],
+    *,
+    settings: Optional[EvalSettings] = None,
+    context: Optional[DistContext] = None,
+    description: str = "eval",
+    topk: Sequence[int] = (1, 5),
+) -> EvalResult:
+    """Score ``dataset`` (sharded over the ranks of ``context``) and return the gathered result.
+
+    Every rank returns the same :class:`EvalResult`; each video is scored or skipped on exactly
+    one rank (checked).
+    """
+    settings = settings or EvalSettings()
+    context = context or DistContext()
+    if len(bank) != len(class_names):
+        raise ValueError(f"the class bank has {len(bank)} classes, the class list {len(class_names)}")
+    device = resolve_device(settings.device, context)
+    amp_dtype = autocast_dtype(device, settings.precision)
+    model.eval()
+    model.to(device)
+    bank = bank.to(device)
+    indices = shard_indices(len(dataset), context.rank, context.world_size)
+    loader = DataLoader(
+        IndexedShard(dataset, indices),
+        batch_size=settings.batch_size,
+        shuffle=False,
+        num_workers=settings.num_workers,
+        collate_fn=collate_eval,
+        pin_memory=device.type == "cuda",
+    )
+    meter = MultiViewMeter(class_names, topk=topk)
+    bar = _progress(len(indices), description, settings.progress and context.is_main)
+    try:
+        score_batches(model, loader, bank, meter, device=device, amp_dtype=amp_dtype,
+                      class_chunk=settings.class_chunk, progress=bar, log_name=description)
+    finally:
+        if bar is not None:
+            bar.close()
+    merged = gather_meter(meter, context, expected=len(dataset))
+    return merged.compute()

@@ -1,0 +1,232 @@
+"""The evaluation protocols of SPEC section 6: zero-shot, few-shot and supervised.
+
+- :func:`zero_shot`: one evaluation per test split (each with its own class list: the 160
+  Kinetics-600 classes differ between splits), top-1/top-5 per split and mean +- std over splits.
+- :func:`supervised`: one split (Kinetics-400 validation) with ``num_clips x num_crops`` views per
+  video (4 x 3 by default), the view probabilities averaged per video.
+- :func:`few_shot`: for each K, fine-tune a checkpoint on K training videos per class (a seeded
+  subset, through the trainer), then evaluate the test split (split 1 in the paper).
+
+Each returns a :class:`ProtocolRun` that :func:`stzsar.eval.report.write_report` turns into JSON,
+Markdown and plots.
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, Union
+
+from torch.utils.data import Dataset
+
+from stzsar.eval.bank_cache import BankCache, class_bank
+from stzsar.eval.distributed import DistContext
+from stzsar.eval.engine import EvalSettings, evaluate
+from stzsar.eval.meter import EvalResult, SplitSummary, summarize_splits
+
+logger = logging.getLogger(__name__)
+
+PROTOCOLS = ("zero-shot", "few-shot", "supervised")
+
+#: Views per test video in the supervised protocol (SPEC section 5: 4 temporal clips x 3 crops).
+SUPERVISED_VIEWS = (4, 3)
+
+#: Few-shot K values and fine-tuning epochs of the paper (SPEC section 5).
+FEW_SHOT_K = (2, 4, 8, 16)
+FEW_SHOT_EPOCHS = 50
+
+
+@dataclass
+class EvalSplit:
+    """One thing to evaluate: a name for reports, its class list (label order) and its videos.
+
+    Attributes:
+        name: e.g. ``"split 1"``.
+        classes: class names; labels of ``dataset`` index this list.
+        dataset: items ``{"video", "label", "index"}`` (or skip records), e.g. a
+            :class:`stzsar.data.dataset.VideoDataset`.
+        source: where the split came from (list file), for reports.
+        video_path: maps a dataset index to its file, for per-video outputs (optional).
+    """
+
+    name: str
+    classes: List[str]
+    dataset: Dataset
+    source: str = ""
+    video_path: Optional[Callable[[int], str]] = None
+
+
+@dataclass
+class ProtocolRun:
+    """What a protocol measured, ready for :func:`stzsar.eval.report.write_report`.
+
+    Attributes:
+        protocol: ``zero-shot``, ``few-shot`` or ``supervised``.
+        dataset: ``ucf101``, ``hmdb51``, ``k600``, ``k400`` or another name (no paper number then).
+        results: one :class:`EvalResult` per split (zero-shot), per K (few-shot) or one (supervised).
+        summary: mean +- std over the zero-shot splits.
+        meta: facts for the report (model, checkpoint, class lists, attribute file, views, ...).
+        video_paths: per result name, a function from dataset index to file path.
+    """
+
+    protocol: str
+    dataset: str
+    results: Dict[str, EvalResult]
+    summary: Optional[SplitSummary] = None
+    meta: Dict[str, Any] = field(default_factory=dict)
+    video_paths: Dict[str, Callable[[int], str]] = field(default_factory=dict, repr=False)
+
+
+def _bank_cache(cache: Union[BankCache, str, Path, None, bool]) -> Union[BankCache, bool]:
+    if cache is False or isinstance(cache, BankCache):
+        return cache
+    return BankCache(cache)
+
+
+def evaluate_split(
+    model,
+    split: EvalSplit,
+    *,
+    attributes: Optional[Dict[str, List[str]]] = None,
+    cache: Union[BankCache, str, Path, None, bool] = None,
+    settings: Optional[EvalSettings] = None,
+    context: Optional[DistContext] = None,
+) -> EvalResult:
+    """Encode the split's classes (cached), then score its videos against all of them."""
+    settings = settings or EvalSettings()
+    if len(split.dataset) == 0:
+        raise ValueError(f"{split.name}: no videos to evaluate ({split.source or 'empty dataset'})")
+    bank = class_bank(model, split.classes, attributes, _bank_cache(cache))
+    return evaluate(model, split.dataset, bank, split.classes, settings=settings, context=context,
+                    description=split.name)
+
+
+def zero_shot(
+    model,
+    splits: Sequence[EvalSplit],
+    *,
+    dataset: str = "custom",
+    attributes: Optional[Dict[str, List[str]]] = None,
+    cache: Union[BankCache, str, Path, None, bool] = None,
+    settings: Optional[EvalSettings] = None,
+    context: Optional[DistContext] = None,
+    meta: Optional[Dict[str, Any]] = None,
+) -> ProtocolRun:
+    """Evaluate each split with its own classes; mean +- std of top-1/top-5 over the splits."""
+    if not splits:
+        raise ValueError("zero-shot evaluation needs at least one split")
+    names = [s.name for s in splits]
+    if len(set(names)) != len(names):
+        raise ValueError(f"split names must differ, got {names}")
+    cache = _bank_cache(cache)
+    results = {s.name: evaluate_split(model, s, attributes=attributes, cache=cache, settings=settings,
+                                      context=context) for s in splits}
+    info = dict(meta or {})
+    info.setdefault("splits", {s.name: {"source": s.source, "num_classes": len(s.classes),
+                                        "classes": list(s.classes)} for s in splits})
+    return ProtocolRun("zero-shot", dataset, results, summarize_splits(results), info,
+                       {s.name: s.video_path for s in splits if s.video_path})
+
+
+def supervised(
+    model,
+    split: EvalSplit,
+    *,
+    dataset: str = "k400",
+    attributes: Optional[Dict[str, List[str]]] = None,
+    cache: Union[BankCache, str, Path, None, bool] = None,
+    settings: Optional[EvalSettings] = None,
+    context: Optional[DistContext] = None,
+    meta: Optional[Dict[str, Any]] = None,
+) -> ProtocolRun:
+    """One split, the views of its dataset (``num_clips x num_crops``) averaged per video."""
+    result = evaluate_split(model, split, attributes=attributes, cache=cache, settings=settings, context=context)
+    info = dict(meta or {})
+    info.setdefault("splits", {split.name: {"source": split.source, "num_classes": len(split.classes),
+                                            "classes": list(split.classes)}})
+    return ProtocolRun("supervised", dataset, {split.name: result}, None, info,
+                       {split.name: split.video_path} if split.video_path else {})
+
+
+#: ``finetune(k, output_dir) -> (model, checkpoint path or None)``: trains on the K-shot subset and
+#: returns the fine-tuned model (and where it was saved).
+Finetune = Callable[[int, Path], Tuple[Any, Optional[Path]]]
+
+
+def few_shot(
+    shots: Sequence[int],
+    finetune: Finetune,
+    test_split: EvalSplit,
+    *,
+    output_dir: Union[str, Path],
+    dataset: str = "custom",
+    attributes: Optional[Dict[str, List[str]]] = None,
+    cache: Union[BankCache, str, Path, None, bool] = None,
+    settings: Optional[EvalSettings] = None,
+    context: Optional[DistContext] = None,
+    meta: Optional[Dict[str, Any]] = None,
+) -> ProtocolRun:
+    """For each K: ``finetune(K, output_dir/K<K>)``, then evaluate ``test_split`` with that model.
+
+    :func:`trainer_finetune` makes ``finetune`` from a training configuration, a checkpoint and the
+    training split, through :func:`stzsar.train.trainer.train`.
+    """
+    if not shots or min(shots) < 1:
+        raise ValueError(f"few-shot K values must be positive, got {list(shots)}")
+    cache = _bank_cache(cache)
+    results: Dict[str, EvalResult] = {}
+    checkpoints: Dict[str, Optional[str]] = {}
+    for k in shots:
+        run_dir = Path(output_dir) / f"K{k}"
+        logger.info("few-shot K=%d: fine-tuning into %s", k, run_dir)
+        model, checkpoint = finetune(int(k), run_dir)
+        name = f"K={k}"
+        results[name] = evaluate_split(model, test_split, attributes=attributes, cache=cache,
+                                       settings=settings, context=context)
+        checkpoints[name] = str(checkpoint) if checkpoint else None
+    info = dict(meta or {})
+    info.setdefault("splits", {test_split.name: {"source": test_split.source,
+                                                 "num_classes": len(test_split.classes),
+                                                 "classes": list(test_split.classes)}})
+    info["few_shot_checkpoints"] = checkpoints
+    paths = {name: test_split.video_path for name in results} if test_split.video_path else {}
+    return ProtocolRun("few-shot", dataset, results, None, info, paths)
+
+
+def trainer_finetune(
+    config,
+    checkpoint: Union[str, Path],
+    train_split,
+    *,
+    epochs: int = FEW_SHOT_EPOCHS,
+    seed: int = 0,
+    attributes: Optional[Dict[str, List[str]]] = None,
+    pretrained: Optional[str] = None,
+) -> Finetune:
+    """A ``finetune`` for :func:`few_shot` that runs :func:`stzsar.train.trainer.train`.
+
+    For each K, the model is reloaded from ``checkpoint`` (every K starts from the same weights),
+    ``train_split`` (a :class:`stzsar.data.VideoSplit`) is cut to K videos per class with
+    :func:`stzsar.data.protocols.few_shot` (seeded, reproducible), and a copy of ``config`` (the
+    :class:`stzsar.config.Config` of the fine-tuning run) gets ``train.epochs = epochs``,
+    ``train.seed = seed`` and its own ``train.output_dir``.
+    """
+    from stzsar.data.protocols import few_shot as few_shot_subset
+    from stzsar.eval.loading import load_checkpoint_model
+    from stzsar.train.trainer import train
+
+    def run(k: int, output_dir: Path):
+        run_config = copy.deepcopy(config)
+        run_config.data.shots = None  # the subset is cut here, once, from the given split
+        run_config.train.epochs = epochs
+        run_config.train.seed = seed
+        run_config.train.output_dir = str(output_dir)
+        model, _ = load_checkpoint_model(checkpoint, device="cpu", pretrained=pretrained)
+        subset = few_shot_subset(train_split, k, seed=seed)
+        outcome = train(run_config, dataset=subset, model=model, attributes=attributes,
+                        class_names=list(train_split.classes))
+        return outcome.model, outcome.checkpoint
+
+    return run

@@ -1,0 +1,127 @@
+"""``stzsar eval`` end to end on generated video files and a tiny random checkpoint."""
+
+import json
+
+import pytest
+import torch
+
+from stzsar.cli.main import main
+from stzsar.data.synthetic import write_video
+from stzsar.eval.loading import clip_spec, load_video
+from stzsar.model import build_model
+from stzsar.train.checkpoint import load_model_from_checkpoint, save_checkpoint
+
+CLASSES = ["apply eye makeup", "salsa spin", "archery"]
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory):
+    root = tmp_path_factory.mktemp("evalcli")
+    torch.manual_seed(1)
+    checkpoint = save_checkpoint(root / "tiny.pt", build_model("stzsar-tiny", backend="torch"))
+    videos = root / "videos"
+    videos.mkdir()
+    for i in range(4):
+        write_video(videos / f"v{i}.mp4", 6 + 3 * i, 48, 32)
+    (root / "labels.csv").write_text("id,name\n" + "".join(f"{i},{n}\n" for i, n in enumerate(CLASSES)))
+    # Two splits; split 2 lists a file that does not exist and one that is empty.
+    (videos / "empty.mp4").write_bytes(b"")
+    (root / "list_1.txt").write_text("v0.mp4 0\nv1.mp4 1\nv2.mp4 2\n")
+    (root / "list_2.txt").write_text("v3.mp4 0\ngone.mp4 1\nv1.mp4 2\nempty.mp4 2\nv0.mp4 1\n")
+    (root / "attributes.json").write_text(json.dumps({"archery": ["bow", "arrow"]}))
+    return root
+
+
+def expected(setup, list_name):
+    """Top-1 of each listed readable video, from the model's forward on the decoded clip."""
+    model, _ = load_model_from_checkpoint(setup / "tiny.pt")
+    bank = model.encode_classes(CLASSES, {"archery": ["bow", "arrow"]})
+    spec = clip_spec(model, 2)
+    hits = total = 0
+    for line in (setup / list_name).read_text().split("\n"):
+        if not line:
+            continue
+        name, label = line.split()
+        path = setup / "videos" / name
+        if not path.exists() or path.stat().st_size == 0:
+            continue
+        clip, _ = load_video(path, spec)
+        with torch.no_grad():
+            hits += int(model(clip, bank)[0].argmax()) == int(label)
+        total += 1
+    return 100.0 * hits / total, total
+
+
+def test_zero_shot_command_writes_the_report(setup, tmp_path, capsys):
+    out = tmp_path / "report"
+    args = ["eval", "--protocol", "zero-shot", "--checkpoint", str(setup / "tiny.pt"),
+            "--list", str(setup / "list_{split}.txt"), "--labels", str(setup / "labels.csv"),
+            "--root", str(setup / "videos"), "--splits", "1,2", "--num-frames", "2", "--workers", "0",
+            "--batch-size", "2", "--device", "cpu", "--no-progress", "--attributes", str(setup / "attributes.json"),
+            "--cache-dir", str(tmp_path / "cache"), "--dataset", "hmdb51", "--out", str(out)]
+    assert main(args) == 0
+    printed = capsys.readouterr().out
+    assert "| split 1 |" in printed and "mean ± std" in printed
+    report = json.loads((out / "report.json").read_text())
+    for name, list_name, skipped in (("split 1", "list_1.txt", 0), ("split 2", "list_2.txt", 2)):
+        top1, scored = expected(setup, list_name)
+        result = report["results"][name]
+        assert result["videos_scored"] == scored and result["videos_skipped"] == skipped
+        assert result["top1"] == pytest.approx(top1)
+    reasons = sorted(s["reason"].split(" (")[0] for s in report["results"]["split 2"]["skipped_videos"])
+    assert reasons == ["empty file", "file not found"]
+    assert report["meta"]["attributes"].endswith("attributes.json") and report["meta"]["num_frames"] == 2
+    assert report["splits"]["split 2"]["classes"] == CLASSES
+    assert report["paper"]["top1"] == 52.7
+    assert len(list((tmp_path / "cache").glob("*.pt"))) == 1  # one class list, cached once
+    markdown = (out / "report.md").read_text()
+    assert "2 video(s) could not be read and were skipped" in markdown
+
+
+def test_bad_arguments_are_explained(setup, capsys):
+    base = ["eval", "--checkpoint", str(setup / "tiny.pt"), "--root", str(setup / "videos")]
+    assert main(base) == 2
+    assert "--list" in capsys.readouterr().err
+    assert main(base + ["--list", str(setup / "list_1.txt"), "--labels", str(setup / "labels.csv")]) == 2
+    assert "no '{split}' placeholder" in capsys.readouterr().err
+    assert main(base + ["--protocol", "supervised", "--list", str(setup / "list_1.txt"), "--splits", "1,2"]) == 2
+
+
+def test_unusable_inputs_are_one_line_errors(setup, tmp_path, capsys):
+    base = ["eval", "--root", str(setup / "videos"), "--list", str(setup / "list_1.txt"), "--labels",
+            str(setup / "labels.csv"), "--splits", "1", "--workers", "0", "--no-progress", "--no-cache"]
+    not_a_checkpoint = tmp_path / "x.pt"
+    not_a_checkpoint.write_bytes(b"junk")
+    assert main(base + ["--checkpoint", str(not_a_checkpoint)]) == 2
+    assert "x.pt" in capsys.readouterr().err
+    bad_list = tmp_path / "bad.txt"
+    bad_list.write_text("v0.mp4 0\nv1.mp4 seven\n")
+    args = ["eval", "--checkpoint", str(setup / "tiny.pt"), "--root", str(setup / "videos"), "--list", str(bad_list),
+            "--labels", str(setup / "labels.csv"), "--splits", "1", "--workers", "0", "--no-progress", "--no-cache",
+            "--num-frames", "2", "--device", "cpu"]
+    assert main(args) == 2
+    assert "bad.txt:2" in capsys.readouterr().err
+    strict = tmp_path / "strict.txt"
+    strict.write_text("v0.mp4 0\nempty.mp4 1\n")
+    args[args.index(str(bad_list))] = str(strict)
+    assert main(args + ["--strict", "--out", str(tmp_path / "r")]) == 1
+    assert "empty.mp4: empty file" in capsys.readouterr().err
+
+
+def test_split_patterns_resolve_on_the_real_lists(shared_data, tmp_path):
+    from stzsar.cli.eval import build_eval_split, guess_dataset
+    from stzsar.data import ClipSpec
+
+    lists = shared_data / "lists"
+    pattern, labels = str(lists / "k600" / "test_split{split}_exist.txt"), str(lists / "k600" / "k160_labels_split{split}.csv")
+    assert guess_dataset(pattern, labels) == "k600"
+    split, video_split = build_eval_split("bike", pattern, labels, str(tmp_path), 1, ClipSpec(num_frames=2, size=32),
+                                          strict=False)
+    assert (split.name, len(split.classes), len(split.dataset)) == ("split 1", 160, 14119)
+    assert split.video_path(0) == str(video_split.videos[0].path)
+    assert "test_split1_exist.txt" in split.source and "k160_labels_split1.csv" in split.source
+    ucf = str(lists / "ucf101" / "val_rgb_split_{split}.txt")
+    assert guess_dataset(ucf) == "ucf101" and guess_dataset(str(lists / "hmdb51" / "x.txt")) == "hmdb51"
+    split, _ = build_eval_split("bike", ucf, str(lists / "ucf101" / "ucf_labels.csv"), str(tmp_path), 1,
+                                ClipSpec(num_frames=2, size=32), strict=False)
+    assert (len(split.classes), len(split.dataset)) == (101, 3783)
