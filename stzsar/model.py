@@ -8,6 +8,7 @@ prompts once per class list (``stzsar.text``), and ``STIModule`` scores every (v
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import math
 import os
@@ -54,7 +55,7 @@ def register_model_configs() -> None:
     open_clip.add_model_config(MODEL_CONFIG_DIR)
 
 
-def _create_clip(name: str, pretrained: Optional[str], image_size: Optional[int]):
+def _create_clip(name: str, pretrained: Optional[str], image_size: Optional[int], meta: bool = False):
     import open_clip
 
     register_model_configs()
@@ -62,6 +63,8 @@ def _create_clip(name: str, pretrained: Optional[str], image_size: Optional[int]
         raise ValueError(f"unknown model {name!r}; open_clip knows {len(open_clip.list_models())} "
                          f"names, e.g. ViT-B-16, ViT-L-14, stzsar-tiny")
     kwargs = {"force_image_size": image_size} if image_size else {}
+    if meta:
+        kwargs["device"] = "meta"  # open_clip would otherwise copy the meta tensors to the CPU
     is_file = bool(pretrained) and os.path.isfile(str(pretrained))
     try:
         if pretrained and is_file:
@@ -186,16 +189,24 @@ def build_model(
 
 
 def build_model_from_config(config: ModelConfig, device: Union[str, torch.device] = "cpu") -> STZSARModel:
-    clip, tokenizer = _create_clip(config.name, config.pretrained, config.image_size)
-    video = VideoEncoder(clip.visual, config.frozen_blocks, config.temporal_layers)
-    text = TextEncoder.from_clip(clip, tokenizer, template=config.template,
-                                 template_words=config.template_words)
-    if video.dim != text.dim:
-        raise ValueError(f"image and text towers disagree on the embedding size: {video.dim} vs {text.dim}")
-    sti = STIModule(video.dim, temperature=config.temperature, normalize=config.normalize,
-                    backend=config.backend)
-    scale = float(clip.logit_scale.detach().exp().clamp(max=100.0))
-    model = STZSARModel(video, text, sti, scale, config)
+    # device="meta" builds shapes only, no weights and no memory (FLOP counting in
+    # benchmarks/flops.py): every tensor is then created on the meta device directly.
+    meta = torch.device(device).type == "meta"
+    if meta and config.pretrained:
+        raise ValueError(f"pretrained weights {config.pretrained!r} cannot be loaded on the meta device; "
+                         f"pass pretrained=None")
+    with torch.device("meta") if meta else contextlib.nullcontext():
+        clip, tokenizer = _create_clip(config.name, config.pretrained, config.image_size, meta=meta)
+        video = VideoEncoder(clip.visual, config.frozen_blocks, config.temporal_layers)
+        text = TextEncoder.from_clip(clip, tokenizer, template=config.template,
+                                     template_words=config.template_words)
+        if video.dim != text.dim:
+            raise ValueError(f"image and text towers disagree on the embedding size: {video.dim} vs {text.dim}")
+        sti = STIModule(video.dim, temperature=config.temperature, normalize=config.normalize,
+                        backend=config.backend)
+        # A meta tensor has no value to read; 100 (trained CLIP's clamped scale) changes no shape or flop.
+        scale = 100.0 if meta else float(clip.logit_scale.detach().exp().clamp(max=100.0))
+        model = STZSARModel(video, text, sti, scale, config)
     return model.to(device)
 
 

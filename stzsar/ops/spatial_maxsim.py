@@ -274,8 +274,8 @@ def _check_inputs(patches: Tensor, words: Tensor, word_mask: Tensor) -> None:
 
 def check_word_mask(word_mask: Tensor) -> None:
     """Raise ``ValueError`` naming the first class that has no valid word (eager mode only)."""
-    if torch.compiler.is_compiling():
-        return
+    if torch.compiler.is_compiling() or word_mask.device.type == "meta":
+        return  # the check needs the mask's values (FLOP counting on meta has none)
     empty = (~word_mask.any(dim=1)).nonzero()
     if empty.numel():
         raise ValueError(f"class {int(empty[0, 0])} has no valid word in word_mask")
