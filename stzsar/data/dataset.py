@@ -1,0 +1,335 @@
+"""Torch datasets and loaders of video clips, with an explicit bad-file policy.
+
+:class:`VideoDataset` yields ``{"video", "label", "index"}`` for a good video. For a bad one
+(missing, empty, truncated, undecodable) it yields a :class:`SkippedVideo` with the path and the
+reason, or raises :class:`~stzsar.data.errors.VideoDecodeError` with ``strict=True``.
+:class:`VideoCollate` drops skipped items from a batch but lists them under ``"skipped"``, and
+:class:`VideoLoader` records each skipped video, logs it once (path and reason) and counts it, so
+an evaluation can say how many videos it scored and how many it skipped. Nothing is dropped
+silently. :func:`build_loader` makes the loader for either decoding path (PyAV in DataLoader
+workers, or DALI).
+
+Batches::
+
+    {"video": float32 [B, T, 3, S, S]  (or [B, V, T, 3, S, S] with several test views),
+     "label": int64 [B], "index": int64 [B] (position in the split),
+     "skipped": [SkippedVideo, ...]  (videos of this batch that were left out)}
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+from dataclasses import dataclass
+from typing import Any, Dict, Iterator, List, Optional, Sequence, Tuple, Union
+
+import torch
+from torch.utils.data import DataLoader, Dataset
+
+from .decode_pyav import PyAVVideo
+from .errors import VideoDecodeError
+from .sampling import clip_indices
+from .spec import ClipSpec
+from .splits import VideoSplit
+from .transforms import make_views, orient
+
+logger = logging.getLogger(__name__)
+
+BACKENDS = ("pyav", "dali", "auto")
+
+
+@dataclass(frozen=True)
+class SkippedVideo:
+    """A video left out of a batch: its index in the split, its path and why."""
+
+    index: int
+    path: str
+    reason: str
+
+
+def missing_reason(split: VideoSplit, index: int) -> str:
+    """Why :meth:`VideoSplit.locate` found nothing, naming how many places it looked."""
+    tried = split.candidates(index)
+    return "file not found" if len(tried) == 1 else f"file not found (tried {len(tried)} names and folders)"
+
+
+def video_from_frames(
+    frames: torch.Tensor,
+    rotation: int,
+    spec: ClipSpec,
+    *,
+    training: bool,
+    rng: Optional[random.Random] = None,
+) -> torch.Tensor:
+    """Decoded frames (``uint8 [num_clips*T, H, W, 3]``, any device) to the video tensor of one item.
+
+    Shared by every decoding path, so that they differ only in the decoder.
+    """
+    num_clips = 1 if training else spec.num_clips
+    views = make_views(orient(frames, rotation), spec, training=training, num_clips=num_clips, rng=rng)
+    return views.view(spec.output_shape(training))
+
+
+def sample_indices(
+    num_frames: int, spec: ClipSpec, *, training: bool, rng: Optional[random.Random] = None
+) -> List[int]:
+    """All frame indices one item decodes (clip after clip)."""
+    clips = clip_indices(
+        num_frames, spec.num_frames, training=training, num_clips=1 if training else spec.num_clips, rng=rng
+    )
+    return [i for clip in clips for i in clip]
+
+
+def item_rng(training: bool, seed: Optional[int], epoch: int, index: int) -> Optional[random.Random]:
+    """The random source of one training item.
+
+    Seeded: a function of ``(seed, epoch, index)`` alone, so that a run repeats its frame choices
+    and crops whatever the number of workers. Unseeded: drawn from torch's generator (which
+    DataLoader seeds differently in each worker).
+    """
+    if not training:
+        return None
+    if seed is not None:
+        return random.Random(f"clip:{seed}:{epoch}:{index}")
+    return random.Random(int(torch.randint(0, 2**62, (1,)).item()))
+
+
+class VideoDataset(Dataset):
+    """Clips of the videos of a split, decoded with PyAV.
+
+    Args:
+        split: the videos and classes.
+        spec: frames, size, views and normalisation.
+        training: one random clip and crop per video; else deterministic test views.
+        strict: raise :class:`VideoDecodeError` on a bad video instead of returning a
+            :class:`SkippedVideo`.
+        threads: decoder threads per video (keep 1 with several DataLoader workers).
+        seed: makes the random clips and crops a function of ``(seed, epoch, index)``; the
+            loaders advance :attr:`epoch` at each pass.
+    """
+
+    def __init__(
+        self,
+        split: VideoSplit,
+        spec: ClipSpec = ClipSpec(),
+        *,
+        training: bool = False,
+        strict: bool = False,
+        threads: int = 1,
+        seed: Optional[int] = None,
+    ):
+        if training:
+            spec.check_training()
+        self.split = split
+        self.spec = spec
+        self.training = training
+        self.strict = strict
+        self.threads = threads
+        self.seed = seed
+        self.epoch = 0
+
+    @property
+    def classes(self) -> List[str]:
+        return self.split.classes
+
+    def __len__(self) -> int:
+        return len(self.split)
+
+    def output_shape(self) -> Tuple[int, ...]:
+        return self.spec.output_shape(self.training)
+
+    def load(self, index: int, rng: Optional[random.Random] = None) -> torch.Tensor:
+        """The video tensor of item ``index``; raises :class:`VideoDecodeError` for a bad file."""
+        path = self.split.locate(index)
+        if path is None:
+            raise VideoDecodeError(self.split.videos[index].path, missing_reason(self.split, index))
+        with PyAVVideo(path, threads=self.threads) as video:
+            indices = sample_indices(video.num_frames, self.spec, training=self.training, rng=rng)
+            frames, rotation = video.read(indices)
+        return video_from_frames(
+            torch.from_numpy(frames), rotation, self.spec, training=self.training, rng=rng
+        )
+
+    def __getitem__(self, index: int) -> Union[Dict[str, Any], SkippedVideo]:
+        try:
+            video = self.load(index, item_rng(self.training, self.seed, self.epoch, index))
+        except VideoDecodeError as error:
+            if self.strict:
+                raise
+            return SkippedVideo(index, error.path, error.reason)
+        return {"video": video, "label": self.split.videos[index].label, "index": index}
+
+
+class VideoCollate:
+    """Stack good items; list skipped ones under ``"skipped"`` (an all-skipped batch has B = 0)."""
+
+    def __init__(self, output_shape: Sequence[int]):
+        self.output_shape = tuple(output_shape)
+
+    def __call__(self, items: Sequence[Union[Dict[str, Any], SkippedVideo]]) -> Dict[str, Any]:
+        good = [item for item in items if not isinstance(item, SkippedVideo)]
+        skipped = [item for item in items if isinstance(item, SkippedVideo)]
+        if good:
+            video = torch.stack([item["video"] for item in good])
+        else:
+            video = torch.empty((0,) + self.output_shape)
+        return {
+            "video": video,
+            "label": torch.tensor([item["label"] for item in good], dtype=torch.long),
+            "index": torch.tensor([item["index"] for item in good], dtype=torch.long),
+            "skipped": skipped,
+        }
+
+
+class SkipRecorder:
+    """Remembers skipped videos across passes, logs each one once, counts them per pass."""
+
+    def __init__(self, name: str):
+        self.name = name
+        #: every video skipped so far, by index (first reason kept)
+        self.skipped: Dict[int, SkippedVideo] = {}
+        self.pass_loaded = 0
+        self.pass_skipped = 0
+
+    def start_pass(self) -> None:
+        self.pass_loaded = 0
+        self.pass_skipped = 0
+
+    def record(self, batch: Dict[str, Any]) -> None:
+        self.pass_loaded += int(batch["label"].numel())
+        for item in batch["skipped"]:
+            self.pass_skipped += 1
+            if item.index not in self.skipped:
+                self.skipped[item.index] = item
+                logger.warning(
+                    "%s: skipping video %d (%s): %s [%d skipped so far]",
+                    self.name, item.index, item.path, item.reason, len(self.skipped),
+                )
+
+
+class VideoLoader:
+    """Iterates batches of a :class:`VideoDataset` through a DataLoader and accounts for skips.
+
+    Batches in which every video was skipped are recorded and not yielded. After (or during) a
+    pass: :attr:`num_skipped`, :attr:`skipped` and :meth:`report`.
+    """
+
+    def __init__(self, dataset: VideoDataset, dataloader: DataLoader):
+        self.dataset = dataset
+        self.dataloader = dataloader
+        self.backend = "pyav"
+        self._recorder = SkipRecorder(dataset.split.name)
+        self._passes = 0
+
+    def __iter__(self) -> Iterator[Dict[str, Any]]:
+        self._recorder.start_pass()
+        # Workers get a copy of the dataset when the pass starts, with this epoch in it.
+        self.dataset.epoch = self._passes
+        self._passes += 1
+        iterator = iter(self.dataloader)
+        try:
+            for batch in iterator:
+                self._recorder.record(batch)
+                if batch["label"].numel():
+                    yield batch
+        finally:
+            # Stop the workers now when a pass ends early (an error, a break): left to the garbage
+            # collector, a failed pass's iterator waits out a 5 s join timeout per worker.
+            shutdown = getattr(iterator, "_shutdown_workers", None)
+            if shutdown is not None:
+                shutdown()
+
+    def __len__(self) -> int:
+        """Batches in a pass (an upper bound: all-skipped batches are not yielded)."""
+        return len(self.dataloader)
+
+    @property
+    def skipped(self) -> List[SkippedVideo]:
+        """Every video skipped so far, in index order."""
+        return [self._recorder.skipped[i] for i in sorted(self._recorder.skipped)]
+
+    @property
+    def num_skipped(self) -> int:
+        return len(self._recorder.skipped)
+
+    def report(self) -> Dict[str, Any]:
+        """Counts of the last pass and every skipped video, for evaluation reports."""
+        return {
+            "videos": len(self.dataset),
+            "loaded": self._recorder.pass_loaded,
+            "skipped": self._recorder.pass_skipped,
+            "skipped_videos": [
+                {"index": s.index, "path": s.path, "reason": s.reason} for s in self.skipped
+            ],
+        }
+
+
+def build_loader(
+    split_or_dataset: Union[VideoSplit, VideoDataset],
+    spec: ClipSpec = ClipSpec(),
+    *,
+    training: bool = False,
+    batch_size: int = 8,
+    num_workers: int = 0,
+    backend: str = "pyav",
+    device: Union[str, torch.device, None] = None,
+    strict: bool = False,
+    shuffle: Optional[bool] = None,
+    drop_last: bool = False,
+    seed: Optional[int] = None,
+    pin_memory: Optional[bool] = None,
+    **dali_options: Any,
+):
+    """A loader of ``{"video", "label", "index", "skipped"}`` batches from a split.
+
+    Args:
+        split_or_dataset: a :class:`VideoSplit` (a :class:`VideoDataset` is made with ``spec``,
+            ``training``, ``strict`` and ``seed``) or a ready dataset.
+        backend: ``"pyav"`` (CPU decoding in ``num_workers`` DataLoader workers; tensors stay on
+            the CPU, pinned when CUDA is available), ``"dali"`` (see
+            :class:`stzsar.data.decode_dali.DaliVideoLoader`; tensors come out on ``device``,
+            default the GPU) or ``"auto"`` (DALI on the GPU when CUDA and DALI are both usable
+            and ``device`` is a CUDA device or unset, else PyAV).
+        device: where DALI puts its tensors (``"cuda"``, ``"cuda:1"``, ``"gpu"``, ``"cpu"``).
+        shuffle: default: ``training``.
+        seed: seeds the order and the random clips and crops (the same with any worker count).
+        dali_options: passed to the DALI loader (``num_threads``, ``device_id``); with
+            ``backend="auto"`` they are ignored when PyAV is chosen.
+    """
+    if isinstance(split_or_dataset, VideoDataset):
+        dataset = split_or_dataset
+    else:
+        dataset = VideoDataset(split_or_dataset, spec, training=training, strict=strict, seed=seed)
+    shuffle = dataset.training if shuffle is None else shuffle
+    backend_requested = backend
+    if backend == "auto":
+        backend = "pyav"
+        if torch.cuda.is_available() and (device is None or str(device).startswith(("cuda", "gpu"))):
+            from .decode_dali import dali_status
+
+            if dali_status()[0]:
+                backend = "dali"
+    if backend == "dali":
+        from .decode_dali import DaliVideoLoader
+
+        return DaliVideoLoader(
+            dataset, batch_size=batch_size, device=str(device) if device is not None else "gpu", shuffle=shuffle,
+            drop_last=drop_last, seed=seed, **dali_options,
+        )
+    if backend != "pyav":
+        raise ValueError(f"unknown backend {backend!r}; expected one of {BACKENDS}")
+    if dali_options and backend_requested != "auto":  # with "auto" they apply only if DALI is chosen
+        raise TypeError(f"options {sorted(dali_options)} apply to the DALI backend only")
+    generator = torch.Generator().manual_seed(seed) if seed is not None else None
+    dataloader = DataLoader(
+        dataset,
+        batch_size=batch_size,
+        shuffle=shuffle,
+        num_workers=num_workers,
+        collate_fn=VideoCollate(dataset.output_shape()),
+        pin_memory=torch.cuda.is_available() if pin_memory is None else pin_memory,
+        drop_last=drop_last,
+        generator=generator,
+        persistent_workers=False,
+    )
+    return VideoLoader(dataset, dataloader)

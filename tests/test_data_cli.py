@@ -1,0 +1,96 @@
+"""``stzsar data inspect``: counts, missing and unreadable files, exit codes, JSON."""
+
+import argparse
+import json
+import subprocess
+import sys
+
+from stzsar.cli import data as data_cli
+from stzsar.data.synthetic import write_video
+
+
+def run(argv):
+    parser = argparse.ArgumentParser(prog="stzsar")
+    data_cli.register(parser.add_subparsers(dest="command"))
+    args = parser.parse_args(argv)
+    return args.func(args)
+
+
+def test_a_root_without_videos_reports_counts_then_missing_files(shared_data, tmp_path, capsys):
+    lists = shared_data / "lists" / "ucf101"
+    code = run(["data", "inspect", "--format", "bike", "--list", str(lists / "val_rgb_split_1.txt"),
+                "--labels", str(lists / "ucf_labels.csv"), "--root", str(tmp_path)])
+    out = capsys.readouterr().out
+    assert code == 1
+    lines = out.splitlines()
+    assert "classes: 101" in lines and "videos:  3783" in lines
+    assert "missing: 3783" in lines
+    first_missing = next(i for i, line in enumerate(lines) if line.startswith("  missing: "))
+    assert first_missing > lines.index("videos:  3783")
+    assert sum(line.startswith("  missing: ") for line in lines) == 3783
+    assert f"  missing: {tmp_path}/ApplyEyeMakeup/v_ApplyEyeMakeup_g01_c01" in lines
+    assert any(line.split()[1:] == ["ApplyEyeMakeup", "44"] for line in lines)  # videos per class
+
+
+def test_json_is_one_object_with_the_counts(shared_data, tmp_path, capsys):
+    lists = shared_data / "lists" / "k600"
+    code = run(["data", "inspect", "--format", "bike", "--list", str(lists / "test_split1_exist.txt"),
+                "--labels", str(lists / "k160_labels_split1.csv"), "--root", str(tmp_path), "--json"])
+    report = json.loads(capsys.readouterr().out)
+    assert code == 1
+    assert (report["classes"], report["videos"], report["found"], report["missing"]) == (160, 14119, 0, 14119)
+    assert sum(report["videos_per_class"].values()) == 14119 and report["ok"] is False
+    assert len(report["missing_files"]) == 14119
+
+
+def test_decode_checks_every_file(tmp_path, capsys):
+    root = tmp_path / "videos"
+    (root / "wave").mkdir(parents=True)
+    write_video(root / "wave" / "good.webm", 10, codec="vp9")
+    write_video(root / "wave" / "good2.mp4", 5, codec="h264")
+    (root / "wave" / "text.mp4").write_text("not a video")
+    (tmp_path / "list.txt").write_text("wave/good 0\nwave/good2.mp4 0\nwave/text.mp4 0\n")
+    (tmp_path / "labels.csv").write_text("id,name\n0,wave\n")
+    base = ["data", "inspect", "--format", "bike", "--list", str(tmp_path / "list.txt"),
+            "--labels", str(tmp_path / "labels.csv"), "--root", str(root), "--json"]
+    # Without --decode a text file named .mp4 passes (it exists and is not empty) ...
+    assert run(base) == 0
+    assert json.loads(capsys.readouterr().out)["ok"] is True
+    # ... with --decode it does not.
+    assert run(base + ["--decode"]) == 1
+    report = json.loads(capsys.readouterr().out)
+    assert report["unreadable"] == 1 and report["found"] == 3
+    assert report["unreadable_files"][0]["path"].endswith("text.mp4")
+    assert "not a readable video" in report["unreadable_files"][0]["reason"]
+    (root / "wave" / "text.mp4").unlink()
+    (tmp_path / "list.txt").write_text("wave/good 0\nwave/good2.mp4 0\n")
+    assert run(base + ["--decode"]) == 0
+
+
+def test_a_malformed_list_exits_2_naming_the_line(tmp_path, capsys):
+    (tmp_path / "list.txt").write_text("a/v1 0\nbroken\n")
+    (tmp_path / "labels.csv").write_text("id,name\n0,a\n")
+    code = run(["data", "inspect", "--format", "bike", "--list", str(tmp_path / "list.txt"),
+                "--labels", str(tmp_path / "labels.csv"), "--root", str(tmp_path)])
+    assert code == 2
+    assert f"{tmp_path / 'list.txt'}:2: expected 'path label'" in capsys.readouterr().err
+
+
+def test_few_shot_subset(shared_data, tmp_path, capsys):
+    lists = shared_data / "lists" / "ucf101"
+    run(["data", "inspect", "--format", "bike", "--list", str(lists / "train_rgb_split_1.txt"),
+         "--labels", str(lists / "ucf_labels.csv"), "--root", str(tmp_path), "--few-shot", "4", "--json"])
+    report = json.loads(capsys.readouterr().out)
+    assert report["videos"] == 404 and set(report["videos_per_class"].values()) == {4}
+
+
+def test_the_stzsar_command_has_data_inspect(tmp_path):
+    (tmp_path / "list.txt").write_text("a/v1 0\n")
+    (tmp_path / "labels.csv").write_text("id,name\n0,a\n")
+    result = subprocess.run(
+        [sys.executable, "-m", "stzsar.cli", "data", "inspect", "--format", "bike", "--list",
+         str(tmp_path / "list.txt"), "--labels", str(tmp_path / "labels.csv"), "--root", str(tmp_path), "--json"],
+        capture_output=True, text=True, timeout=120,
+    )
+    assert result.returncode == 1, result.stderr[-2000:]  # 1: the one listed video is missing
+    assert json.loads(result.stdout)["missing"] == 1
