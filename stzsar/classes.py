@@ -148,12 +148,16 @@ class ClassIndex:
     def __init__(self, names: Sequence[str]):
         self.names = list(names)
         self._index = {canonical_name(name): i for i, name in enumerate(self.names)}
+        # Letters only: BIKE's HandstandPushups is ER-ZSAR's "hand stand pushups".
+        self._letters = {canonical_name(name).replace(" ", ""): i for i, name in enumerate(self.names)}
 
     def __len__(self) -> int:
         return len(self.names)
 
     def find(self, name: str) -> Optional[int]:
-        return self._index.get(canonical_name(name))
+        key = canonical_name(name)
+        found = self._index.get(key)
+        return found if found is not None else self._letters.get(key.replace(" ", ""))
 
     def index(self, name: str) -> int:
         found = self.find(name)
