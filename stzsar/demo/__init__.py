@@ -1,0 +1,8 @@
+"""The embedded demo: a synthetic zero-shot action benchmark (``stzsar demo``).
+
+- :mod:`stzsar.demo.actions`: the classes (colour x motion, invented names, descriptions), the
+  frame drawing and the dataset written as H.264 files with BIKE-style lists;
+- :mod:`stzsar.demo.cached`: the dataset's clips decoded once and kept in memory;
+- :mod:`stzsar.demo.baseline`: the no-STI ablation head (mean-pooled frames);
+- :mod:`stzsar.demo.runner`: :func:`run_demo`, the whole run and its report.
+"""

@@ -1,0 +1,157 @@
+"""Distributed helpers: process-group setup from ``torchrun``'s environment, and gathers.
+
+Nothing here initialises a process group unless ``torchrun`` (or another launcher) set
+``WORLD_SIZE`` > 1, so the same training command runs on one device without any launcher.
+NCCL is used when the device is a GPU, gloo otherwise.
+
+The in-batch loss needs the logits of every (video, prompt) pair of the *global* batch. Each rank
+computes its local videos against the global prompts (the text bank is frozen, so prompts cost
+nothing to share: only the labels travel), then :func:`all_gather_with_grad` assembles the full
+``[B_global, B_global]`` matrix. Its backward sums the gradient that every rank's (identical)
+loss sends to each block, which DDP's gradient averaging then divides by the world size: the
+parameters get exactly the gradient of the single-device loss over the global batch.
+"""
+
+from __future__ import annotations
+
+import datetime
+import os
+from dataclasses import dataclass
+from typing import Any, List, Optional
+
+import torch
+import torch.distributed as dist
+from torch import Tensor
+
+
+@dataclass
+class DistInfo:
+    """Where this process sits: ``rank`` of ``world_size``, ``local_rank`` on its node."""
+
+    rank: int = 0
+    world_size: int = 1
+    local_rank: int = 0
+    initialized_here: bool = False
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    @property
+    def distributed(self) -> bool:
+        return self.world_size > 1
+
+
+def env_world_size() -> int:
+    return int(os.environ.get("WORLD_SIZE", "1"))
+
+
+def init_distributed(device_type: str = "cpu", timeout_s: float = 1800.0) -> DistInfo:
+    """Join the process group ``torchrun`` describes (``RANK``/``WORLD_SIZE``/``LOCAL_RANK``).
+
+    Returns a single-process :class:`DistInfo` when the environment has no ``WORLD_SIZE`` > 1,
+    and reuses a group someone else initialised. The backend is NCCL for ``device_type ==
+    "cuda"``, gloo otherwise.
+    """
+    if dist.is_available() and dist.is_initialized():
+        return DistInfo(dist.get_rank(), dist.get_world_size(), int(os.environ.get("LOCAL_RANK", "0")))
+    world_size = env_world_size()
+    if world_size <= 1:
+        return DistInfo()
+    for name in ("RANK", "MASTER_ADDR", "MASTER_PORT"):
+        if name not in os.environ:
+            raise RuntimeError(
+                f"WORLD_SIZE={world_size} but {name} is not set; launch with torchrun "
+                f"(e.g. torchrun --nproc_per_node 2 -m stzsar.cli train ...)"
+            )
+    if not dist.is_available():
+        raise RuntimeError("this PyTorch build has no torch.distributed; run on one device")
+    backend = "nccl" if device_type == "cuda" else "gloo"
+    rank = int(os.environ["RANK"])
+    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+    if device_type == "cuda":
+        torch.cuda.set_device(local_rank)
+    dist.init_process_group(backend, rank=rank, world_size=world_size,
+                            timeout=datetime.timedelta(seconds=timeout_s))
+    return DistInfo(rank, world_size, local_rank, initialized_here=True)
+
+
+def cleanup(info: DistInfo) -> None:
+    """Destroy the process group if :func:`init_distributed` created it."""
+    if info.initialized_here and dist.is_initialized():
+        dist.destroy_process_group()
+
+
+def is_distributed() -> bool:
+    return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
+
+
+def get_rank() -> int:
+    return dist.get_rank() if is_distributed() else 0
+
+
+def get_world_size() -> int:
+    return dist.get_world_size() if is_distributed() else 1
+
+
+def barrier() -> None:
+    if is_distributed():
+        dist.barrier()
+
+
+def all_gather_with_grad(tensor: Tensor) -> Tensor:
+    """Concatenate ``tensor`` from every rank along dim 0, differentiably.
+
+    Every rank must pass the same shape. The backward sums the incoming gradients of all ranks
+    for this rank's block (``torch.distributed.nn.functional.all_gather`` reduce-scatters them).
+    """
+    if not is_distributed():
+        return tensor
+    from torch.distributed.nn.functional import all_gather
+
+    return torch.cat(all_gather(tensor.contiguous()), dim=0)
+
+
+def all_gather_no_grad(tensor: Tensor) -> Tensor:
+    """Concatenate ``tensor`` from every rank along dim 0 (no gradient; same shape everywhere)."""
+    if not is_distributed():
+        return tensor
+    parts = [torch.empty_like(tensor) for _ in range(dist.get_world_size())]
+    dist.all_gather(parts, tensor.contiguous())
+    return torch.cat(parts, dim=0)
+
+
+def all_gather_object(value: Any) -> List[Any]:
+    """Every rank's ``value`` (picklable), in rank order."""
+    if not is_distributed():
+        return [value]
+    out: List[Any] = [None] * dist.get_world_size()
+    dist.all_gather_object(out, value)
+    return out
+
+
+def broadcast_object(value: Any, src: int = 0) -> Any:
+    """``value`` from rank ``src`` on every rank."""
+    if not is_distributed():
+        return value
+    box = [value]
+    dist.broadcast_object_list(box, src=src)
+    return box[0]
+
+
+def all_reduce_mean(value: float, device: Optional[torch.device] = None) -> float:
+    """The mean of a Python number over ranks."""
+    if not is_distributed():
+        return float(value)
+    tensor = torch.tensor([float(value)], dtype=torch.float64, device=device)
+    dist.all_reduce(tensor)
+    return float(tensor.item()) / dist.get_world_size()
+
+
+def any_rank(flag: bool, device: Optional[torch.device] = None) -> bool:
+    """True on every rank when ``flag`` is true on at least one."""
+    if not is_distributed():
+        return bool(flag)
+    tensor = torch.tensor([1.0 if flag else 0.0], device=device)
+    dist.all_reduce(tensor, op=dist.ReduceOp.MAX)
+    return bool(tensor.item() > 0)
