@@ -35,6 +35,7 @@ from typing import Any, Dict, Iterable, List, Mapping, Optional, Sequence, Tuple
 
 import yaml
 
+from stzsar.model import ModelConfig
 from stzsar.text.prompts import DEFAULT_TEMPLATE
 
 PathLike = Union[str, Path]
@@ -49,8 +50,9 @@ class ConfigError(ValueError):
 
 
 @dataclass
-class ModelSection:
-    """The model (mirrors :class:`stzsar.model.ModelConfig`, which checkpoints store).
+class ModelSection(ModelConfig):
+    """The model (:class:`stzsar.model.ModelConfig`, which checkpoints store, with
+    the public CLIP weights as the default for training).
 
     Attributes:
         name: open_clip architecture (``ViT-B-16``, ``ViT-L-14``) or a ``stzsar-*`` tiny config.
@@ -66,16 +68,7 @@ class ModelSection:
         image_size: force the image size of the ViT (``null``: the architecture's).
     """
 
-    name: str = "ViT-B-16"
     pretrained: Optional[str] = "openai"
-    frozen_blocks: Optional[int] = None
-    temporal_layers: int = 0
-    temperature: float = 0.01
-    normalize: bool = True
-    template: str = DEFAULT_TEMPLATE
-    template_words: bool = True
-    backend: str = "auto"
-    image_size: Optional[int] = None
 
 
 @dataclass
