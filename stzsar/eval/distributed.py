@@ -10,62 +10,36 @@ skipped exactly once, on exactly one rank.
 from __future__ import annotations
 
 import logging
-import os
-from dataclasses import dataclass
 from typing import List, Optional
 
 import torch
 import torch.distributed as dist
 
 from stzsar.eval.meter import MultiViewMeter
+from stzsar.train.distributed import DistInfo, cleanup
+from stzsar.train.distributed import init_distributed as _init_process_group
 
 logger = logging.getLogger(__name__)
 
 
-@dataclass
-class DistContext:
-    """Where this process stands: ``rank`` of ``world_size`` (1 when not distributed)."""
-
-    rank: int = 0
-    world_size: int = 1
-    local_rank: int = 0
-    #: True when :func:`init_distributed` created the process group (so it should destroy it)
-    owns_group: bool = False
-
-    @property
-    def distributed(self) -> bool:
-        return self.world_size > 1
-
-    @property
-    def is_main(self) -> bool:
-        return self.rank == 0
+class DistContext(DistInfo):
+    """Where this process stands (the trainer's :class:`~stzsar.train.distributed.DistInfo`)."""
 
     def close(self) -> None:
-        if self.owns_group and dist.is_initialized():
-            dist.destroy_process_group()
-            self.owns_group = False
+        """Destroy the process group if :func:`init_distributed` created it."""
+        cleanup(self)
+        self.initialized_here = False
 
 
 def init_distributed(backend: Optional[str] = None) -> DistContext:
-    """Join the process group ``torchrun`` describes in the environment (``RANK``, ``WORLD_SIZE``,
-    ``LOCAL_RANK``, ``MASTER_ADDR``/``MASTER_PORT``); a plain ``python`` run is world size 1.
+    """Join the process group ``torchrun`` describes; a plain ``python`` run is world size 1.
 
     ``backend`` defaults to NCCL when CUDA is available, gloo otherwise.
     """
-    if dist.is_available() and dist.is_initialized():
-        return DistContext(dist.get_rank(), dist.get_world_size(), int(os.environ.get("LOCAL_RANK", 0)))
-    world_size = int(os.environ.get("WORLD_SIZE", "1"))
-    if world_size <= 1:
-        return DistContext()
-    if not dist.is_available():
-        raise RuntimeError("WORLD_SIZE > 1 but this PyTorch build has no torch.distributed")
-    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
     if backend is None:
         backend = "nccl" if torch.cuda.is_available() else "gloo"
-    if backend == "nccl":
-        torch.cuda.set_device(local_rank)  # all_gather_object uses the current device with NCCL
-    dist.init_process_group(backend=backend)
-    return DistContext(dist.get_rank(), dist.get_world_size(), local_rank, owns_group=True)
+    info = _init_process_group("cuda" if backend == "nccl" else "cpu")
+    return DistContext(info.rank, info.world_size, info.local_rank, info.initialized_here)
 
 
 def shard_indices(num_items: int, rank: int, world_size: int) -> List[int]:
