@@ -51,7 +51,7 @@ def _extensions():
 
     cpu_sources = sorted(glob.glob("csrc/*.cpp") + glob.glob("csrc/cpu/*.cpp"))
     openmp = ["-fopenmp"] if sys.platform.startswith("linux") else []
-    cxx_flags = ["-O3", "-std=c++17"] + openmp
+    cxx_flags = ["-O3", "-std=c++20"] + openmp  # torch >= 2.10 headers need C++20
     if not want_cuda:
         return [
             CppExtension(
@@ -70,7 +70,7 @@ def _extensions():
             define_macros=[("STZSAR_WITH_CUDA", "1")],
             extra_compile_args={
                 "cxx": cxx_flags,
-                "nvcc": ["-O3", "-std=c++17", "--use_fast_math", "-lineinfo"],
+                "nvcc": ["-O3", "-std=c++20", "-lineinfo"],
             },
             extra_link_args=openmp,
         )

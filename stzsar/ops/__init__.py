@@ -7,11 +7,23 @@ from stzsar.ops.spatial_maxsim import (
     spatial_maxsim,
     spatial_maxsim_with_index,
 )
+from stzsar.ops.temporal import (
+    SIMILARITY_EPS,
+    sti_similarity,
+    sti_similarity_flops,
+    temporal_saliency,
+    temporal_saliency_flops,
+)
 
 __all__ = [
+    "SIMILARITY_EPS",
     "available_backends",
     "maxsim_flops",
     "resolve_backend",
     "spatial_maxsim",
     "spatial_maxsim_with_index",
+    "sti_similarity",
+    "sti_similarity_flops",
+    "temporal_saliency",
+    "temporal_saliency_flops",
 ]

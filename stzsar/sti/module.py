@@ -20,10 +20,11 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from stzsar.ops import temporal as _temporal_ops
 from stzsar.ops.spatial_maxsim import check_word_mask, spatial_maxsim
 
-# Guards the cosine against a zero-norm weighted video (all-zero frames).
-COSINE_EPS = 1e-8
+# Guards the cosine against a zero-norm weighted video (all-zero frames); the fused op uses the same.
+COSINE_EPS = _temporal_ops.SIMILARITY_EPS
 
 
 def temporal_saliency_reference(
@@ -49,10 +50,6 @@ def sti_similarity_reference(s_temp: Tensor, frames: Tensor, class_emb: Tensor) 
     return numerator / denominator.clamp_min(COSINE_EPS)
 
 
-try:  # the fused temporal/similarity ops (stzsar.ops.temporal)
-    from stzsar.ops import temporal as _temporal_ops
-except ImportError:  # pragma: no cover - only while that module is absent
-    _temporal_ops = None
 
 
 class STIModule(nn.Module):
@@ -136,9 +133,8 @@ class STIModule(nn.Module):
         self._check(frames, patches, words, word_mask)
         frames, projected_patches, projected_words = self._prepare(frames, patches, words)
         s_sp = spatial_maxsim(projected_patches, projected_words, word_mask, backend=self.backend)
-        fused = _temporal_ops if self.fused else None
-        if fused is not None:
-            s_temp = fused.temporal_saliency(
+        if self.fused:
+            s_temp = _temporal_ops.temporal_saliency(
                 s_sp, frames, projected_words, word_mask, self.temperature, backend=self.backend
             )
         else:
@@ -168,7 +164,6 @@ class STIModule(nn.Module):
         _, s_temp, frames = self.saliency(frames, patches, words, word_mask)
         if self.normalize:
             class_emb = F.normalize(class_emb, dim=-1)
-        fused = _temporal_ops if self.fused else None
-        if fused is not None:
-            return fused.sti_similarity(s_temp, frames, class_emb, backend=self.backend)
+        if self.fused:
+            return _temporal_ops.sti_similarity(s_temp, frames, class_emb, backend=self.backend)
         return sti_similarity_reference(s_temp, frames, class_emb)
