@@ -1,0 +1,58 @@
+// Entry point of the extension stzsar._C: the schemas of the fused spatial max-similarity ops, their
+// Meta (shape-only) kernels, and a small Python module so that `import stzsar._C` loads everything.
+//
+// The CPU kernels live in csrc/cpu/, the CUDA ones in csrc/cuda/ (compiled when STZSAR_WITH_CUDA is
+// defined). Other ops of the namespace register their own TORCH_LIBRARY_FRAGMENT in their own files.
+
+#include <torch/extension.h>
+#include <torch/library.h>
+
+#include "spatial_maxsim_common.h"
+
+namespace stzsar {
+namespace {
+
+std::tuple<at::Tensor, at::Tensor> spatial_maxsim_fused_fwd_meta(const at::Tensor& patches, const at::Tensor& words,
+                                                                 const at::Tensor& word_mask) {
+  const auto s = maxsim::check_forward(patches, words, word_mask, c10::DeviceType::Meta);
+  auto out = at::empty({s.B, s.C, s.T}, patches.options().dtype(at::kFloat));
+  auto index = at::empty({s.B, s.C, s.T}, patches.options().dtype(at::kInt));
+  return {out, index};
+}
+
+std::tuple<at::Tensor, at::Tensor> spatial_maxsim_fused_bwd_meta(const at::Tensor& grad, const at::Tensor& patches,
+                                                                 const at::Tensor& words, const at::Tensor& index) {
+  maxsim::check_backward(grad, patches, words, index, c10::DeviceType::Meta);
+  return {at::empty_like(patches), at::empty_like(words)};
+}
+
+}  // namespace
+}  // namespace stzsar
+
+TORCH_LIBRARY_FRAGMENT(stzsar, m) {
+  // out[b, c, t] = max over valid l, max over k of <patches[b, t, k], words[c, l]> (float32);
+  // index[b, c, t] = winning k * Nw + l (int32), the lowest one on ties.
+  m.def("spatial_maxsim_fused_fwd(Tensor patches, Tensor words, Tensor word_mask) -> (Tensor, Tensor)");
+  // Gradients of out w.r.t. patches and words, given grad = d loss / d out and the winners' index.
+  m.def("spatial_maxsim_fused_bwd(Tensor grad, Tensor patches, Tensor words, Tensor index) -> (Tensor, Tensor)");
+}
+
+TORCH_LIBRARY_IMPL(stzsar, Meta, m) {
+  m.impl("spatial_maxsim_fused_fwd", &stzsar::spatial_maxsim_fused_fwd_meta);
+  m.impl("spatial_maxsim_fused_bwd", &stzsar::spatial_maxsim_fused_bwd_meta);
+}
+
+namespace {
+bool with_cuda() {
+#ifdef STZSAR_WITH_CUDA
+  return true;
+#else
+  return false;
+#endif
+}
+}  // namespace
+
+PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
+  m.doc() = "Fused kernels of stzsar (registered as torch.ops.stzsar.*)";
+  m.def("with_cuda", &with_cuda, "True when the extension was compiled with its CUDA kernels");
+}
