@@ -108,8 +108,9 @@ setup(
     long_description=open(os.path.join(ROOT, "README.md"), encoding="utf-8").read(),
     long_description_content_type="text/markdown",
     python_requires=">=3.10",
-    packages=find_packages(include=["stzsar", "stzsar.*"]) + ["stzsar.kernels"],
-    package_dir={"stzsar.kernels": "kernels"},
+    # kernels/ is installed as stzsar.kernels through the symbolic link stzsar/kernels -> ../kernels,
+    # which also makes it importable from a plain checkout (e.g. after build_ext --inplace).
+    packages=find_packages(include=["stzsar", "stzsar.*"]),
     package_data={"stzsar": ["model_configs/*.json", "configs/*.yaml"]},
     ext_modules=_extensions(),
     cmdclass=_cmdclass(),
