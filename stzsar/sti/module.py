@@ -27,16 +27,8 @@ from stzsar.ops.spatial_maxsim import check_word_mask, spatial_maxsim
 COSINE_EPS = _temporal_ops.SIMILARITY_EPS
 
 
-def temporal_saliency_reference(
-    s_sp: Tensor, frames: Tensor, words: Tensor, word_mask: Tensor, temperature: float
-) -> Tensor:
-    """``S_temp [B, C, T]`` in plain PyTorch (forms ``[B, C, T, Nw]``)."""
-    dtype = torch.promote_types(s_sp.dtype, frames.dtype)
-    frame_word = torch.einsum("btd,cld->bctl", frames.to(dtype), words.to(dtype))
-    logits = s_sp.to(dtype).unsqueeze(-1) * frame_word / temperature
-    weights = logits.softmax(dim=2)  # over time, for every word
-    mask = word_mask.to(dtype).view(1, word_mask.shape[0], 1, word_mask.shape[1])
-    return (weights * mask).sum(-1) / mask.sum(-1)
+# S_temp [B, C, T] in plain PyTorch (forms [B, C, T, Nw]); the reference backend of the fused op.
+temporal_saliency_reference = _temporal_ops.torch_temporal_forward
 
 
 def sti_similarity_reference(s_temp: Tensor, frames: Tensor, class_emb: Tensor) -> Tensor:
