@@ -207,7 +207,32 @@ class SkipRecorder:
                 )
 
 
-class VideoLoader:
+class SkipAccounting:
+    """What a loader reports about skipped videos; needs ``self.dataset`` and ``self._recorder``
+    (a :class:`SkipRecorder`). Shared by the PyAV and the DALI loaders."""
+
+    @property
+    def skipped(self) -> List[SkippedVideo]:
+        """Every video skipped so far, in index order."""
+        return [self._recorder.skipped[i] for i in sorted(self._recorder.skipped)]
+
+    @property
+    def num_skipped(self) -> int:
+        return len(self._recorder.skipped)
+
+    def report(self) -> Dict[str, Any]:
+        """Counts of the last pass and every skipped video, for evaluation reports."""
+        return {
+            "videos": len(self.dataset),
+            "loaded": self._recorder.pass_loaded,
+            "skipped": self._recorder.pass_skipped,
+            "skipped_videos": [
+                {"index": s.index, "path": s.path, "reason": s.reason} for s in self.skipped
+            ],
+        }
+
+
+class VideoLoader(SkipAccounting):
     """Iterates batches of a :class:`VideoDataset` through a DataLoader and accounts for skips.
 
     Batches in which every video was skipped are recorded and not yielded. After (or during) a
@@ -243,25 +268,6 @@ class VideoLoader:
         """Batches in a pass (an upper bound: all-skipped batches are not yielded)."""
         return len(self.dataloader)
 
-    @property
-    def skipped(self) -> List[SkippedVideo]:
-        """Every video skipped so far, in index order."""
-        return [self._recorder.skipped[i] for i in sorted(self._recorder.skipped)]
-
-    @property
-    def num_skipped(self) -> int:
-        return len(self._recorder.skipped)
-
-    def report(self) -> Dict[str, Any]:
-        """Counts of the last pass and every skipped video, for evaluation reports."""
-        return {
-            "videos": len(self.dataset),
-            "loaded": self._recorder.pass_loaded,
-            "skipped": self._recorder.pass_skipped,
-            "skipped_videos": [
-                {"index": s.index, "path": s.path, "reason": s.reason} for s in self.skipped
-            ],
-        }
 
 
 def build_loader(

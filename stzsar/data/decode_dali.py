@@ -29,6 +29,7 @@ import numpy as np
 import torch
 
 from .dataset import (
+    SkipAccounting,
     SkippedVideo,
     SkipRecorder,
     VideoDataset,
@@ -154,7 +155,7 @@ def _dali_reason(error: BaseException) -> str:
     return lines[0][:300]
 
 
-class DaliVideoLoader:
+class DaliVideoLoader(SkipAccounting):
     """Batches of a :class:`VideoDataset` decoded with DALI; same batches and skip accounting as
     :class:`~stzsar.data.dataset.VideoLoader`, with tensors on ``device``.
 
@@ -190,22 +191,8 @@ class DaliVideoLoader:
         n = len(self.dataset)
         return n // self.batch_size if self.drop_last else -(-n // self.batch_size)
 
-    @property
-    def skipped(self) -> List[SkippedVideo]:
-        return [self._recorder.skipped[i] for i in sorted(self._recorder.skipped)]
-
-    @property
-    def num_skipped(self) -> int:
-        return len(self._recorder.skipped)
-
     def report(self) -> Dict[str, Any]:
-        return {
-            "videos": len(self.dataset),
-            "loaded": self._recorder.pass_loaded,
-            "skipped": self._recorder.pass_skipped,
-            "fallbacks": self.fallbacks,
-            "skipped_videos": [{"index": s.index, "path": s.path, "reason": s.reason} for s in self.skipped],
-        }
+        return {**super().report(), "fallbacks": self.fallbacks}
 
     # -- one pass ---------------------------------------------------------------------------------------
     def _order(self) -> List[int]:
