@@ -291,3 +291,15 @@ def time_call(fn: Callable[[], Any], *, device: Any, warmup: int = 1, iters: int
         synchronize(device)
         times.append(time.perf_counter() - start)
     return {"median_s": statistics.median(times), "min_s": min(times), "max_s": max(times), "iters": iters}
+
+
+def proc_status_kb(field: str) -> Optional[int]:
+    """A ``/proc/self/status`` field in kB (``VmRSS``, ``VmHWM``), or ``None`` off Linux."""
+    try:
+        with open("/proc/self/status") as handle:
+            for line in handle:
+                if line.startswith(field + ":"):
+                    return int(line.split()[1])
+    except OSError:
+        pass
+    return None

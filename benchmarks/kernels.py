@@ -44,7 +44,7 @@ from typing import Any, Callable, Dict, List, Optional, Sequence
 
 import torch
 
-from benchmarks.common import RESULTS_DIR, describe_machine, fmt, format_table, provenance
+from benchmarks.common import RESULTS_DIR, describe_machine, fmt, format_table, proc_status_kb, provenance
 
 SHAPES: Dict[str, Dict[str, int]] = {
     # The CPU default of issue 3 (a UCF-101-sized class bank).
@@ -202,17 +202,6 @@ def gpu_peak_bytes(fn: Callable[[], Any], device: torch.device) -> int:
     return int(peak)
 
 
-def _proc_status_kb(field: str) -> Optional[int]:
-    try:
-        with open("/proc/self/status") as handle:
-            for line in handle:
-                if line.startswith(field + ":"):
-                    return int(line.split()[1])
-    except OSError:
-        pass
-    return None
-
-
 def _measure_cpu_memory_here(backend: str, backward: bool, dims: Dict[str, int], dtype: torch.dtype) -> Dict[str, Any]:
     """Runs inside the subprocess: peak resident growth of one call."""
     device = torch.device("cpu")
@@ -222,13 +211,13 @@ def _measure_cpu_memory_here(backend: str, backward: bool, dims: Dict[str, int],
     inputs = make_inputs(dims, dtype, device)
     fn = case_fn(backend, inputs, backward)
     gc.collect()
-    before = _proc_status_kb("VmRSS")
+    before = proc_status_kb("VmRSS")
     try:
         with open("/proc/self/clear_refs", "w") as handle:
             handle.write("5")  # resets VmHWM to the current RSS
         method = "VmHWM-after-clear_refs"
         fn()
-        peak = _proc_status_kb("VmHWM")
+        peak = proc_status_kb("VmHWM")
         extra = (peak - before) * 1024
     except OSError:
         method = "ru_maxrss-delta"

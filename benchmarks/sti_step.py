@@ -44,6 +44,8 @@ from typing import Any, Callable, Dict, List, Optional, Sequence
 import torch
 import torch.nn.functional as F
 
+from benchmarks.common import proc_status_kb
+
 NAIVE = "naive"
 OPS = ("sti", "sti-tail")
 TARGETS = {"fwdbwd_vs_naive": 2.0, "peak_vs_naive": 0.1}
@@ -179,17 +181,6 @@ def output_bytes(op: str, dims: Dict[str, int], dtype: torch.dtype, backward: bo
 # --------------------------------------------------------------------------------------------
 
 
-def _status_kb(field: str) -> Optional[int]:
-    try:
-        with open("/proc/self/status") as handle:
-            for line in handle:
-                if line.startswith(field + ":"):
-                    return int(line.split()[1])
-    except OSError:
-        pass
-    return None
-
-
 def measure_cpu_memory_here(op: str, backend: str, backward: bool, dims: Dict[str, int], dtype: torch.dtype) -> Dict[str, Any]:
     """Peak resident growth of one call (run inside the subprocess)."""
     device = torch.device("cpu")
@@ -199,12 +190,12 @@ def measure_cpu_memory_here(op: str, backend: str, backward: bool, dims: Dict[st
     # freed again before the measured call.
     fn()
     gc.collect()
-    before = _status_kb("VmRSS")
+    before = proc_status_kb("VmRSS")
     try:
         with open("/proc/self/clear_refs", "w") as handle:
             handle.write("5")  # resets VmHWM to the current RSS
         fn()
-        return {"peak_bytes": (_status_kb("VmHWM") - before) * 1024, "method": "VmHWM-after-clear_refs"}
+        return {"peak_bytes": (proc_status_kb("VmHWM") - before) * 1024, "method": "VmHWM-after-clear_refs"}
     except OSError:
         base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
         fn()
