@@ -120,3 +120,14 @@ def test_torch_compile_fullgraph_matches_eager():
     compiled = torch.compile(module.similarity, fullgraph=True, backend="aot_eager")
     torch.testing.assert_close(compiled(frames, patches, words, mask, class_emb), eager,
                                rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("normalize", [True, False])
+def test_no_grad_path_matches_loops(normalize):
+    # without autograd the patch projection runs in one buffer; results must not change
+    frames, patches, words, mask, class_emb = _inputs(seed=13)
+    module = _module(frames.shape[-1], normalize=normalize, tau=0.2)
+    *_, cos = _reference(module, frames, patches, words, mask, class_emb)
+    with torch.no_grad():
+        got = module.similarity(frames, patches, words, mask, class_emb)
+    torch.testing.assert_close(got, cos, rtol=1e-9, atol=1e-12)
