@@ -8,7 +8,8 @@ allocated or computed and ViT-L/14 at 336 px with 32 frames is counted in second
 ``torch.utils.flop_counter.FlopCounterMode`` counts every matrix product, convolution and attention
 kernel that the forward pass dispatches (including ``scaled_dot_product_attention`` and the
 ``bmm``/``mm`` products that ``nn.MultiheadAttention`` lowers to), and the STI ops through the flop
-formulas they register (``stzsar.spatial_maxsim``: ``2*B*T*Np*C*Nw*D``).
+formulas they register (``stzsar.spatial_maxsim``: ``2*B*T*Np*C*Nw*D``;
+``stzsar.projected_spatial_maxsim`` adds the patch projection, which the breakdown moves to its row).
 
 Convention: one multiply-add = 2 flops (FlopCounterMode's). The ``GMACs`` column halves it: that
 is the fvcore convention ("one fused multiply-add as one flop") that most video-recognition papers
@@ -228,9 +229,11 @@ def sti_flops(model, batch: int, frames: int, patches: int, classes: int, words:
     _, patch_proj = count_flops(lambda: model.sti.patch_proj(patch_feat))
     _, word_proj = count_flops(lambda: model.sti.word_proj(bank.words))
     by_op = counts.get("Global", {})
-    spatial = by_op.get("stzsar.spatial_maxsim", 0)
     everything = total(counts)
     patch_proj, word_proj = total(patch_proj), total(word_proj)
+    spatial = by_op.get("stzsar.spatial_maxsim", 0)
+    if "stzsar.projected_spatial_maxsim" in by_op:  # the fused op counts the patch projection too
+        spatial += by_op["stzsar.projected_spatial_maxsim"] - patch_proj
     return {
         "total": everything,
         "patch_projection": patch_proj,

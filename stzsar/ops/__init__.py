@@ -1,5 +1,6 @@
 """Custom ops of the STI module, registered with ``torch.library`` in the namespace ``stzsar``."""
 
+from stzsar.ops.projected_maxsim import projected_spatial_maxsim, projected_spatial_maxsim_with_index
 from stzsar.ops.spatial_maxsim import (
     available_backends,
     maxsim_flops,
@@ -19,6 +20,8 @@ __all__ = [
     "SIMILARITY_EPS",
     "available_backends",
     "maxsim_flops",
+    "projected_spatial_maxsim",
+    "projected_spatial_maxsim_with_index",
     "resolve_backend",
     "spatial_maxsim",
     "spatial_maxsim_with_index",

@@ -21,6 +21,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from stzsar.ops import temporal as _temporal_ops
+from stzsar.ops.projected_maxsim import projected_spatial_maxsim
 from stzsar.ops.spatial_maxsim import check_word_mask, spatial_maxsim
 
 # Guards the cosine against a zero-norm weighted video (all-zero frames); the fused op uses the same.
@@ -52,8 +53,9 @@ class STIModule(nn.Module):
         temperature: tau of the temporal softmax (default 0.01).
         normalize: L2-normalise frames, patches, words and class embeddings first.
         backend: backend of the fused ops (``"auto"``, ``"torch"``, ``"cpu"``, ``"cuda"``, ``"triton"``).
-        fused: use the fused temporal/similarity ops when available (results equal the plain
-            PyTorch formulation up to rounding).
+        fused: use the fused ops (patch projection with the spatial double max, then the
+            temporal saliency and the similarity); ``False`` runs the plain PyTorch formulation
+            (the spatial double max still uses ``spatial_maxsim``). Results agree up to rounding.
     """
 
     def __init__(
@@ -108,27 +110,36 @@ class STIModule(nn.Module):
                 raise ValueError(f"{name} has feature size {tensor.shape[-1]}, expected {self.dim}")
         check_word_mask(word_mask)
 
-    def _project_patches(self, patches: Tensor) -> Tensor:
-        """``ReLU(W_p normalize(P) + b_p)``. Without autograd it is done in one buffer, using
-        ``W (P / |P|) = (W P) / |P|``: the patch tensor is the largest input of the module
-        ([B, T, Np, D], 205 MB in fp32 for a Kinetics-400 evaluation batch), and the plain
-        formulation holds three copies of it."""
-        if torch.is_grad_enabled():
-            if self.normalize:
-                patches = F.normalize(patches, dim=-1)
-            return F.relu(self.patch_proj(patches))
-        out = F.linear(patches, self.patch_proj.weight)
+    def _project(self, features: Tensor, layer: nn.Linear) -> Tensor:
+        """``ReLU(layer(normalize(features)))`` computed as ``ReLU((W x) / |x| + b)``: the two are
+        equal, and this way no normalised copy of the input is made, nor saved for the backward
+        (autograd keeps ``x`` itself). Without autograd it runs in one buffer."""
+        grad = torch.is_grad_enabled()
+        out = F.linear(features, layer.weight)
         if self.normalize:  # same eps as F.normalize
-            out.div_(patches.norm(dim=-1, keepdim=True).clamp_min_(1e-12))
-        return out.add_(self.patch_proj.bias).relu_()
+            norm = features.norm(dim=-1, keepdim=True).clamp_min(1e-12)
+            out = out / norm if grad else out.div_(norm)
+        if layer.bias is not None:
+            out = out + layer.bias if grad else out.add_(layer.bias)
+        return F.relu(out) if grad else out.relu_()
 
-    def _prepare(self, frames, patches, words):
-        if self.normalize:
-            frames = F.normalize(frames, dim=-1)
-            words = F.normalize(words, dim=-1)
-        projected_patches = self._project_patches(patches)
-        projected_words = F.relu(self.word_proj(words))
-        return frames, projected_patches, projected_words
+    def spatial_scores(self, patches: Tensor, projected_words: Tensor, word_mask: Tensor) -> Tensor:
+        """``S_sp [B, C, T]`` from the raw patches. The fused path projects them chunk by chunk
+        inside ``projected_spatial_maxsim`` (the projected patches ``[B, T, Np, D]`` are the
+        largest tensor of the step and are never held whole); the plain path projects them all,
+        then takes the double max."""
+        if self.fused:
+            return projected_spatial_maxsim(
+                patches,
+                self.patch_proj.weight,
+                self.patch_proj.bias,
+                projected_words,
+                word_mask,
+                normalize=self.normalize,
+                backend=self.backend,
+            )
+        projected_patches = self._project(patches, self.patch_proj)
+        return spatial_maxsim(projected_patches, projected_words, word_mask, backend=self.backend)
 
     def saliency(
         self, frames: Tensor, patches: Tensor, words: Tensor, word_mask: Tensor
@@ -136,8 +147,10 @@ class STIModule(nn.Module):
         """``(S_sp, S_temp, frames_used)``: the spatial and temporal scores ``[B, C, T]`` and the
         (normalised) frame features they weight."""
         self._check(frames, patches, words, word_mask)
-        frames, projected_patches, projected_words = self._prepare(frames, patches, words)
-        s_sp = spatial_maxsim(projected_patches, projected_words, word_mask, backend=self.backend)
+        if self.normalize:
+            frames = F.normalize(frames, dim=-1)
+        projected_words = self._project(words, self.word_proj)
+        s_sp = self.spatial_scores(patches, projected_words, word_mask)
         if self.fused:
             s_temp = _temporal_ops.temporal_saliency(
                 s_sp, frames, projected_words, word_mask, self.temperature, backend=self.backend
