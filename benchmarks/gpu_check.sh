@@ -159,6 +159,7 @@ print("spatial_maxsim backends on", dev, ":", ops.available_backends(dev), "| tr
 # ---- 4. kernel tests --------------------------------------------------------------------------
 TESTS=(tests/test_spatial_maxsim.py tests/test_spatial_maxsim_triton.py)
 [[ -f tests/test_sti_temporal.py ]] && TESTS+=(tests/test_sti_temporal.py)
+[[ -f tests/test_projected_maxsim.py ]] && TESTS+=(tests/test_projected_maxsim.py)
 # The k400 benchmark (whose cross-check also verifies every backend at the real shape) keeps
 # its time even when the build was slow.
 RESERVE=$((150 + ($([[ -f benchmarks/sti_step.py ]] && echo 1 || echo 0) * 90)))
