@@ -163,7 +163,13 @@ TESTS=(tests/test_spatial_maxsim.py tests/test_spatial_maxsim_triton.py)
 # The k400 benchmark (whose cross-check also verifies every backend at the real shape) keeps
 # its time even when the build was slow.
 RESERVE=$((150 + ($([[ -f benchmarks/sti_step.py ]] && echo 1 || echo 0) * 90)))
-step tests 200 env STZSAR_TRITON_AUTOTUNE=0 "$PY" -m pytest "${TESTS[@]}" -x -q -p no:cacheprovider -rs
+step tests 200 env STZSAR_TRITON_AUTOTUNE=0 "$PY" -X faulthandler -m pytest "${TESTS[@]}" -x -q -p no:cacheprovider -rs
+# A crash (signal 11: one was seen once on torch 2.11, on a C++ error path, never reproduced on
+# the CPU with torch 2.11 or 2.14): the native stack of the test that crashed then, if gdb is there.
+if grep -q "^tests"$'\t'"failed(139)" "$STATUS_FILE" && command -v gdb > /dev/null; then
+  step segv-trace 60 gdb -batch -ex run -ex bt --args "$PY" -m pytest tests/test_spatial_maxsim.py \
+    -k reject_bad_input -q -p no:cacheprovider
+fi
 
 # ---- 5. benchmarks ----------------------------------------------------------------------------
 step bench-maxsim 170 "$PY" -m benchmarks.kernels --op maxsim "${SHAPE_ARGS[@]}" --json-out "$OUT/kernels-maxsim.json"
