@@ -242,3 +242,22 @@ def test_small_budget_splits_the_backward_by_classes(monkeypatch):
     expected.sum().backward()
     for got, ref in zip(leaves, ref_leaves):
         assert rel_error(got.grad, ref.grad) < 1e-12
+
+
+def test_patch_tokens_sliced_from_the_encoder_output():
+    """Patches as the video encoder returns them (``x[:, 1:]``, not contiguous) give the same
+    result and gradient as a contiguous copy."""
+    patches, weight, bias, words, mask = make_inputs(2, 3, 6, 4, 3, 8, torch.float32, "cpu", seed=14)
+    tokens = torch.cat([torch.randn(6, 1, 8), patches.reshape(6, 6, 8)], dim=1)  # [B*T, 1 + Np, D]
+    leaf = tokens.clone().requires_grad_(True)
+    view = leaf[:, 1:].unflatten(0, (2, 3))
+    assert not view.is_contiguous()
+    out = projected_spatial_maxsim(view, weight, bias, words, mask, backend="torch", chunk_frames=4)
+    copy = patches.clone().requires_grad_(True)
+    expected = projected_spatial_maxsim(copy, weight, bias, words, mask, backend="torch", chunk_frames=4)
+    torch.testing.assert_close(out, expected, rtol=1e-6, atol=1e-6)
+    grad = torch.randn_like(out)
+    out.backward(grad)
+    expected.backward(grad)
+    assert leaf.grad[:, 0].abs().max() == 0
+    torch.testing.assert_close(leaf.grad[:, 1:].reshape(copy.shape), copy.grad, rtol=1e-6, atol=1e-6)

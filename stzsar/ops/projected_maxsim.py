@@ -301,9 +301,9 @@ def projected_spatial_maxsim_with_index(
     resolved = resolve_backend(backend, patches.device, dtype=patches.dtype)
     if resolved != "torch" and patches.dtype == torch.float64:
         resolved = "torch"  # the kernels take fp32/fp16/bf16; float64 is for reference checks
-    return _projected_op(
-        patches.contiguous(), weight, bias, words, word_mask, normalize, int(chunk_frames), resolved
-    )
+    # No .contiguous(): patch tokens sliced from the encoder's output ([:, 1:]) still merge B and T
+    # into a view, and each chunk is copied as it is projected, never the whole tensor.
+    return _projected_op(patches, weight, bias, words, word_mask, normalize, int(chunk_frames), resolved)
 
 
 def projected_spatial_maxsim(
