@@ -372,7 +372,11 @@ def targets(rows: List[Dict[str, Any]], args=None) -> List[Dict[str, Any]]:
 
 def _target(name: str, required: float, measured: float, backend: str, higher_is_better: bool) -> Dict[str, Any]:
     ok = measured >= required if higher_is_better else measured <= required
-    return {"target": name, "required": required, "measured": round(measured, 4), "backend": backend, "status": "PASS" if ok else "MISS"}
+    row = {"target": name, "required": required, "measured": round(measured, 4), "backend": backend, "status": "PASS" if ok else "MISS"}
+    if name.startswith("sti-tail"):
+        # Issue 9 sets its targets on the whole step; the tail's ratios are shown for reference.
+        row["status"], row["note"] = ("info: " + row["status"].lower()), "the tail alone is not an issue target"
+    return row
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
