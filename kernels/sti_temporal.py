@@ -450,6 +450,6 @@ def sti_similarity_bwd(
     )
     return (
         _masked(need_s, grad_s, s_temp),
-        _masked(need_v, grad_v, frames) if need_v else frames.new_empty((0,)),
-        _masked(need_z, grad_z, class_emb) if need_z else class_emb.new_empty((0,)),
+        _masked(need_v, grad_v, frames),
+        _masked(need_z, grad_z, class_emb),
     )

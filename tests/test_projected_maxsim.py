@@ -116,6 +116,8 @@ def test_chunking_does_not_change_results(device, backend):
         projected_spatial_maxsim_with_index(patches, weight, bias, words, mask, backend=backend, chunk_frames=n)
         for n in (1, 2, 5, 6, 100)
     ]
+    expected, winner, _ = reference(patches, weight, bias, words, mask)
+    assert rel_error(results[0][0], expected.detach()) < 1e-5 and torch.equal(results[0][1].long(), winner)
     for out, index in results[1:]:
         torch.testing.assert_close(out, results[0][0], rtol=1e-6, atol=1e-6)
         assert torch.equal(index, results[0][1])
@@ -256,8 +258,12 @@ def test_patch_tokens_sliced_from_the_encoder_output():
     copy = patches.clone().requires_grad_(True)
     expected = projected_spatial_maxsim(copy, weight, bias, words, mask, backend="torch", chunk_frames=4)
     torch.testing.assert_close(out, expected, rtol=1e-6, atol=1e-6)
+    reference_out, _, ref_leaves = reference(patches, weight, bias, words, mask)
+    assert rel_error(out.detach(), reference_out.detach()) < 1e-5
     grad = torch.randn_like(out)
     out.backward(grad)
     expected.backward(grad)
+    reference_out.backward(grad.double())
     assert leaf.grad[:, 0].abs().max() == 0
     torch.testing.assert_close(leaf.grad[:, 1:].reshape(copy.shape), copy.grad, rtol=1e-6, atol=1e-6)
+    assert rel_error(leaf.grad[:, 1:].reshape(copy.shape), ref_leaves[0].grad) < 1e-5

@@ -85,6 +85,14 @@ def _bank_cache(cache: Union[BankCache, str, Path, None, bool]) -> Union[BankCac
     return BankCache(cache)
 
 
+def _run_info(meta: Optional[Dict[str, Any]], splits: Sequence[EvalSplit]) -> Dict[str, Any]:
+    """The run's metadata: the caller's ``meta``, plus where each split came from and its classes."""
+    info = dict(meta or {})
+    info.setdefault("splits", {s.name: {"source": s.source, "num_classes": len(s.classes),
+                                        "classes": list(s.classes)} for s in splits})
+    return info
+
+
 def evaluate_split(
     model,
     split: EvalSplit,
@@ -123,9 +131,7 @@ def zero_shot(
     cache = _bank_cache(cache)
     results = {s.name: evaluate_split(model, s, attributes=attributes, cache=cache, settings=settings,
                                       context=context) for s in splits}
-    info = dict(meta or {})
-    info.setdefault("splits", {s.name: {"source": s.source, "num_classes": len(s.classes),
-                                        "classes": list(s.classes)} for s in splits})
+    info = _run_info(meta, splits)
     return ProtocolRun("zero-shot", dataset, results, summarize_splits(results), info,
                        {s.name: s.video_path for s in splits if s.video_path})
 
@@ -143,9 +149,7 @@ def supervised(
 ) -> ProtocolRun:
     """One split, the views of its dataset (``num_clips x num_crops``) averaged per video."""
     result = evaluate_split(model, split, attributes=attributes, cache=cache, settings=settings, context=context)
-    info = dict(meta or {})
-    info.setdefault("splits", {split.name: {"source": split.source, "num_classes": len(split.classes),
-                                            "classes": list(split.classes)}})
+    info = _run_info(meta, [split])
     return ProtocolRun("supervised", dataset, {split.name: result}, None, info,
                        {split.name: split.video_path} if split.video_path else {})
 
@@ -186,10 +190,7 @@ def few_shot(
         results[name] = evaluate_split(model, test_split, attributes=attributes, cache=cache,
                                        settings=settings, context=context)
         checkpoints[name] = str(checkpoint) if checkpoint else None
-    info = dict(meta or {})
-    info.setdefault("splits", {test_split.name: {"source": test_split.source,
-                                                 "num_classes": len(test_split.classes),
-                                                 "classes": list(test_split.classes)}})
+    info = _run_info(meta, [test_split])
     info["few_shot_checkpoints"] = checkpoints
     paths = {name: test_split.video_path for name in results} if test_split.video_path else {}
     return ProtocolRun("few-shot", dataset, results, None, info, paths)

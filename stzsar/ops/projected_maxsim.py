@@ -13,7 +13,7 @@ device; it is O(B*C*T*D), negligible beside the forward's GEMMs) rather than cal
 kernel that would return a whole ``[C, Nw, D]`` word gradient per chunk.
 
 The result equals ``spatial_maxsim(F.relu(F.linear(F.normalize(P), W, bias)), A~, mask)`` (the
-chunk's projection uses exactly those ops), ties included.
+chunk's projection runs F.normalize's own ops, then F.linear and F.relu), ties included.
 """
 
 from __future__ import annotations
@@ -61,10 +61,16 @@ def projection_flops(rows: int, dim: int) -> int:
     return 2 * rows * dim * dim
 
 
-def _project(chunk: Tensor, weight: Tensor, bias: Optional[Tensor], normalize: bool) -> Tuple[Tensor, Tensor]:
-    """``(normalize(chunk), ReLU(W normalize(chunk) + bias))`` with the ops of the plain module."""
-    unit = F.normalize(chunk, dim=-1) if normalize else chunk
-    return unit, F.relu(F.linear(unit, weight, bias))
+def _project(
+    chunk: Tensor, weight: Tensor, bias: Optional[Tensor], normalize: bool
+) -> Tuple[Tensor, Optional[Tensor], Tensor]:
+    """``(y, |x|, ReLU(W y + bias))`` with ``y = x / max(|x|, eps)``, exactly ``F.normalize``'s
+    ops (``y = x`` and no norm without normalisation); the backward reuses ``|x|``."""
+    if not normalize:
+        return chunk, None, F.relu(F.linear(chunk, weight, bias))
+    norm = chunk.norm(dim=-1, keepdim=True)
+    unit = chunk / norm.clamp_min(NORMALIZE_EPS)
+    return unit, norm, F.relu(F.linear(unit, weight, bias))
 
 
 def _no_autocast(tensor: Tensor):
@@ -104,7 +110,7 @@ def _projected_op(
     index = torch.empty((C, B * T), dtype=torch.int32, device=patches.device)
     for start, stop in _frame_chunks(B * T, chunk_frames):
         with _no_autocast(patches):
-            _, projected = _project(frames[start:stop], weight, bias, normalize)
+            _, _, projected = _project(frames[start:stop], weight, bias, normalize)
         scores, winners = _forward_impl(backend, projected.unsqueeze(0), words, word_mask)
         del projected
         out[:, start:stop] = scores[0]
@@ -156,7 +162,7 @@ def _projected_backward_op(
         n = stop - start
         chunk = frames[start:stop]
         with _no_autocast(patches):
-            unit, projected = _project(chunk, weight, bias, normalize)  # as in the forward
+            unit, norm, projected = _project(chunk, weight, bias, normalize)  # as in the forward
         # Only the winners get gradient: dP~[t, k*] += g A~[c, l*], dA~[c, l*] += g P~[t, k*].
         # The winning rows are gathered a block of classes at a time ([classes, n, D], within
         # the chunk budget), and no [C, Nw, D] buffer is made per chunk.
@@ -185,7 +191,7 @@ def _projected_backward_op(
         del d_pre
         if normalize:
             # y = x / max(|x|, eps): dx = (dy - y <y, dy>) / |x| where |x| > eps, dy / eps elsewhere.
-            norm = chunk.reshape(-1, D).to(acc).norm(dim=-1, keepdim=True)
+            norm = norm.reshape(-1, 1).to(acc)
             radial = (d_unit.unsqueeze(1) @ rows_unit.unsqueeze(-1)).view(-1, 1)  # <y, dy>
             radial.masked_fill_(norm <= NORMALIZE_EPS, 0)
             d_unit.sub_(rows_unit.mul_(radial)).div_(norm.clamp_min_(NORMALIZE_EPS))

@@ -100,10 +100,14 @@ def torch_temporal_forward(
     s_sp: Tensor, frames: Tensor, words: Tensor, word_mask: Tensor, temperature: float
 ) -> Tensor:
     acc = output_dtype(frames.dtype)
-    dots = torch.einsum("btd,cld->bctl", frames.to(acc), words.to(acc))
-    logits = s_sp.to(acc).unsqueeze(-1) * dots / temperature
-    probs = logits.softmax(dim=2)  # over time; softmax subtracts the maximum
+    _, probs = _temporal_probs(s_sp.to(acc), frames.to(acc), words.to(acc), temperature)
     return (probs * _word_weights(word_mask, acc)).sum(-1)
+
+
+def _temporal_probs(s: Tensor, v: Tensor, a: Tensor, temperature: float) -> Tuple[Tensor, Tensor]:
+    """``(<v_t, A~_l>, softmax over t of S_sp <v_t, A~_l> / tau)``, both ``[B, C, T, Nw]``."""
+    dots = torch.einsum("btd,cld->bctl", v, a)
+    return dots, (s.unsqueeze(-1) * dots / temperature).softmax(dim=2)  # softmax subtracts the max
 
 
 def _unused(like: Tensor) -> Tensor:
@@ -122,8 +126,7 @@ def torch_temporal_backward(
 ) -> Tuple[Tensor, Tensor, Tensor]:
     acc = output_dtype(frames.dtype)
     v, a, s, g = frames.to(acc), words.to(acc), s_sp.to(acc), grad.to(acc)
-    dots = torch.einsum("btd,cld->bctl", v, a)
-    probs = (s.unsqueeze(-1) * dots / temperature).softmax(dim=2)
+    dots, probs = _temporal_probs(s, v, a, temperature)
     grad_probs = g.unsqueeze(-1) * _word_weights(word_mask, acc)
     grad_logits = probs * (grad_probs - (probs * grad_probs).sum(2, keepdim=True))
     grad_s = (grad_logits * dots).sum(-1) / temperature if output_mask[0] else _unused(s_sp)
