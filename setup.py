@@ -6,17 +6,39 @@ The extension ``stzsar._C`` holds the fused kernels of the STI op:
   (and fails loudly without nvcc), ``STZSAR_CUDA=0`` skips them. Architectures come from
   ``TORCH_CUDA_ARCH_LIST`` (default ``8.0;9.0``).
 
-Install with ``pip install --no-build-isolation -e .`` so the extension is built against the
-torch already installed (build isolation would fetch another one).
+Install with ``pip install --no-build-isolation -e .`` (or without ``-e``) so the extension is
+built against the torch already installed. Project metadata lives in ``pyproject.toml``.
 """
 
+import functools
 import glob
 import os
 import sys
 
-from setuptools import find_packages, setup
+from setuptools import setup
 
-ROOT = os.path.dirname(os.path.abspath(__file__))
+REQUIRE_EXTENSION = os.environ.get("STZSAR_REQUIRE_EXTENSION", "0") == "1"
+
+
+@functools.lru_cache(maxsize=None)
+def _torch_available() -> bool:
+    """An isolated build environment has no torch: then the package installs without stzsar._C."""
+    try:
+        import torch  # noqa: F401
+    except ImportError:
+        if REQUIRE_EXTENSION:
+            raise RuntimeError(
+                "STZSAR_REQUIRE_EXTENSION=1 but torch is not importable in the build environment; "
+                "install torch first and build with `pip install --no-build-isolation .`"
+            )
+        print(
+            "WARNING: stzsar: torch is not importable in the build environment, so the extension "
+            "stzsar._C is not built (the PyTorch code runs instead). Install torch first and use "
+            "`pip install --no-build-isolation .` to build it.",
+            file=sys.stderr,
+        )
+        return False
+    return True
 
 
 def _cuda_home():
@@ -38,6 +60,8 @@ def _nvidia_wheel_includes():
 
 
 def _extensions():
+    if not _torch_available():
+        return []
     flag = os.environ.get("STZSAR_CUDA", "auto").strip().lower()
     cuda_home = _cuda_home()
     if flag in ("1", "true", "yes") and cuda_home is None:
@@ -78,6 +102,8 @@ def _extensions():
 
 
 def _cmdclass():
+    if not _torch_available():
+        return {}
     from torch.utils.cpp_extension import BuildExtension
 
     class OptionalBuildExtension(BuildExtension):
@@ -88,7 +114,7 @@ def _cmdclass():
             try:
                 super().run()
             except Exception as error:  # compiler missing or broken
-                if os.environ.get("STZSAR_REQUIRE_EXTENSION", "0") == "1":
+                if REQUIRE_EXTENSION:
                     raise
                 print(
                     "WARNING: stzsar: building the extension stzsar._C failed "
@@ -101,33 +127,7 @@ def _cmdclass():
 
 
 setup(
-    name="stzsar",
-    version="0.1.0",
-    description="Zero-shot video action recognition with CLIP, descriptive attributes and a fused "
-    "spatio-temporal interaction module",
-    long_description=open(os.path.join(ROOT, "README.md"), encoding="utf-8").read(),
-    long_description_content_type="text/markdown",
-    python_requires=">=3.10",
-    # kernels/ is installed as stzsar.kernels through the symbolic link stzsar/kernels -> ../kernels,
-    # which also makes it importable from a plain checkout (e.g. after build_ext --inplace).
-    packages=find_packages(include=["stzsar", "stzsar.*"]),
-    package_data={"stzsar": ["model_configs/*.json", "configs/*.yaml"]},
+    # Metadata, dependencies and the console script are in pyproject.toml.
     ext_modules=_extensions(),
     cmdclass=_cmdclass(),
-    install_requires=[
-        "torch>=2.6",
-        "torchvision>=0.21",
-        "open_clip_torch>=2.24",
-        "numpy>=1.24",
-        "av>=12",
-        "tqdm>=4.60",
-        "pyyaml>=6",
-    ],
-    extras_require={
-        "triton": ["triton>=3.2"],
-        "llm": ["openai>=1.40"],
-        "dali": ["nvidia-dali-cuda130"],
-        "test": ["pytest>=7", "pytest-benchmark>=4"],
-    },
-    entry_points={"console_scripts": ["stzsar=stzsar.cli.main:main"]},
 )

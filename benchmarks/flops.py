@@ -54,7 +54,7 @@ OPEN_CLIP_IMAGE_GFLOPS: Dict[Tuple[str, int], float] = {
     ("ViT-L-14", 336): 381.92,  # the row "ViT-L-14-336"
 }
 
-#: Configurations of the paper's results (SPEC section 6): ViT-B/16 with 16 frames (zero-shot and
+#: Configurations of the paper's results (docs/method.md section 6): ViT-B/16 with 16 frames (zero-shot and
 #: few-shot) and the supervised Kinetics-400 ViT-L/14 models at 8x224 and 32x336, with 4x3 views.
 #: Which of them the paper's Table 3 lists could not be checked here (see PAPER_TABLE3_NOTE).
 TABLE3_CONFIGS: Tuple[Tuple[str, int, int, str, int], ...] = (

@@ -7,7 +7,7 @@ Two ops are timed, each forward only (``torch.no_grad``) and forward+backward (g
 frames, the patches and the two projections, as in training; the text side is frozen):
 
 ``sti``
-    The whole step of SPEC section 4 from the CLIP features to the cosine, projections included:
+    The whole step of docs/method.md section 4 from the CLIP features to the cosine, projections included:
     L2 normalisation, ``ReLU(W_p P + b_p)``, ``ReLU(W_w A + b_w)``, then
     - fused (backend ``cpu``/``cuda``/``triton``): ``STIModule.similarity``, i.e.
       ``spatial_maxsim -> temporal_saliency -> sti_similarity`` on that backend;

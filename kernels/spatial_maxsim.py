@@ -1,4 +1,4 @@
-"""Triton kernels of ``stzsar::spatial_maxsim`` (SPEC section 4, the spatial double max).
+"""Triton kernels of ``stzsar::spatial_maxsim`` (docs/method.md section 4, the spatial double max).
 
 ``out[b, c, t] = max over valid words l, max over patches k of <patches[b, t, k], words[c, l]>``
 and ``index[b, c, t] = k * Nw + l`` of the winner (lowest flat index on exact ties).

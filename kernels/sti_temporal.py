@@ -1,4 +1,4 @@
-"""Triton kernels of ``stzsar::temporal_saliency`` and ``stzsar::sti_similarity`` (SPEC section 4).
+"""Triton kernels of ``stzsar::temporal_saliency`` and ``stzsar::sti_similarity`` (docs/method.md section 4).
 
 temporal_saliency, forward
     One program per (video b, block of ``CB`` classes). The class block's words, each class padded

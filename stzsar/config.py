@@ -1,7 +1,7 @@
 """One typed configuration for training, evaluation and the demo.
 
 A :class:`Config` has five sections (``model``, ``data``, ``optim``, ``train``, ``eval``), each a
-dataclass whose defaults are the paper's settings (SPEC section 5: CLIP ViT-B/16, 16 frames,
+dataclass whose defaults are the paper's settings (docs/method.md section 5: CLIP ViT-B/16, 16 frames,
 AdamW with lr 5e-5 and weight decay 0.05, 30 epochs, batch 64, 8 attributes).
 
 Sources, later ones winning:

@@ -1,4 +1,4 @@
-"""The training objective of SPEC section 5: a symmetric multi-positive cross-entropy.
+"""The training objective of docs/method.md section 5: a symmetric multi-positive cross-entropy.
 
 For B videos and the B class prompts of their labels, every (video, prompt) pair with equal labels
 is a positive. For each video: a softmax over the prompts, its log-probabilities averaged over the
@@ -26,7 +26,7 @@ def _multi_positive_ce(logits: Tensor, positives: Tensor) -> Tensor:
 def multi_positive_contrastive_loss(
     logits: Tensor, video_labels: Tensor, text_labels: Optional[Tensor] = None
 ) -> Tensor:
-    """Symmetric multi-positive cross-entropy of SPEC section 5.
+    """Symmetric multi-positive cross-entropy of docs/method.md section 5.
 
     Args:
         logits: ``[Bv, Bt]`` scaled similarities between videos (rows) and prompts (columns).

@@ -1,4 +1,4 @@
-// Schemas of the fused temporal ops of the STI module (SPEC section 4), their Meta kernels and
+// Schemas of the fused temporal ops of the STI module (docs/method.md section 4), their Meta kernels and
 // their CPU kernels. See csrc/sti_temporal_common.h for the signatures.
 //
 // temporal_saliency: the classes are cut into blocks of ~kTargetCols words. One task (a thread's

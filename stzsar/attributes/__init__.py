@@ -1,4 +1,4 @@
-"""Descriptive attributes (SPEC section 1): keywords about the objects, motions and context of
+"""Descriptive attributes (docs/method.md section 1): keywords about the objects, motions and context of
 every action class, extracted from class descriptions by an LLM or offline, post-processed,
 cached and written to an editable JSON file that the model reads with :func:`load_attributes`.
 

@@ -22,7 +22,7 @@ from stzsar.classes import display_name
 
 logger = logging.getLogger(__name__)
 
-# The paper's prompt, in substance (SPEC section 1, step 2).
+# The paper's prompt, in substance (docs/method.md section 1, step 2).
 DEFAULT_SYSTEM = "You are a precise assistant that extracts keywords describing human actions in videos."
 DEFAULT_PROMPT = (
     'Extract 5-10 essential keywords from the description below that best describe the action '

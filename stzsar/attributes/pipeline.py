@@ -1,4 +1,4 @@
-"""From a class list and its descriptions to the attributes file (SPEC section 1).
+"""From a class list and its descriptions to the attributes file (docs/method.md section 1).
 
 :func:`extract_attributes` runs an extractor over every class (from the cache when it can),
 post-processes the keywords and returns an :class:`AttributeSet`; :meth:`AttributeSet.save`

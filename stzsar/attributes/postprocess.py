@@ -1,4 +1,4 @@
-"""Post-processing of extracted keywords (SPEC section 1, step 3).
+"""Post-processing of extracted keywords (docs/method.md section 1, step 3).
 
 Whatever produced them (an LLM answer or an offline extractor), keywords go through the same
 steps: lower-case, strip list numbering, quotes and punctuation, trim stopwords at both ends,

@@ -1,4 +1,4 @@
-"""``stzsar attributes``: descriptive attributes for a class list (SPEC section 1).
+"""``stzsar attributes``: descriptive attributes for a class list (docs/method.md section 1).
 
 Examples::
 

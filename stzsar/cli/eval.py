@@ -1,4 +1,4 @@
-"""``stzsar eval``: the paper's evaluation protocols on a checkpoint (SPEC section 6).
+"""``stzsar eval``: the paper's evaluation protocols on a checkpoint (docs/method.md section 6).
 
 Examples::
 

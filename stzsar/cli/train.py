@@ -1,4 +1,4 @@
-"""``stzsar train``: fine-tune the model (SPEC section 5) on one CPU, one GPU, or many with torchrun.
+"""``stzsar train``: fine-tune the model (docs/method.md section 5) on one CPU, one GPU, or many with torchrun.
 
 Examples::
 

@@ -1,6 +1,6 @@
 """Evaluation protocols built on splits: the Kinetics-600 zero-shot splits and few-shot subsets.
 
-Kinetics-600 zero-shot (ER-ZSAR, SPEC section 6): the test classes are the 220 classes that
+Kinetics-600 zero-shot (ER-ZSAR, docs/method.md section 6): the test classes are the 220 classes that
 Kinetics-600 adds to Kinetics-400; each of three test splits takes 160 of them. The classes of a
 split come either
 

@@ -1,4 +1,4 @@
-"""Which frames a clip takes (SPEC section 3): ``T`` uniform segments, one frame each.
+"""Which frames a clip takes (docs/method.md section 3): ``T`` uniform segments, one frame each.
 
 A video of ``N`` frames is cut into ``T`` equal segments; segment ``i`` covers frame positions
 ``[i*N/T, (i+1)*N/T)``. Frame ``k`` occupies ``[k, k+1)``.

@@ -15,7 +15,7 @@ class ClipSpec:
     """How videos become tensors.
 
     Attributes:
-        num_frames: ``T``, frames per clip, one per equal temporal segment (SPEC section 3).
+        num_frames: ``T``, frames per clip, one per equal temporal segment (docs/method.md section 3).
         size: side of the square crop fed to the image encoder (224 for ViT-B/16).
         short_side: the short side of a frame is resized to this before cropping. ``None``: ``size``
             when testing (the crop then spans the whole short side, as CLIP's own preprocessing),

@@ -1,4 +1,4 @@
-"""Evaluation: the protocols of SPEC section 6, reports, and single-video predictions/explanations.
+"""Evaluation: the protocols of docs/method.md section 6, reports, and single-video predictions/explanations.
 
 - :mod:`stzsar.eval.meter` -- multi-view meter (view probabilities averaged per video), accuracies,
   confusion matrix, skipped videos;

@@ -1,4 +1,4 @@
-"""Class banks (the text side of SPEC section 2) computed once and cached on disk.
+"""Class banks (the text side of docs/method.md section 2) computed once and cached on disk.
 
 The text encoder is frozen, so the features of a class list depend only on the text tower's weights,
 the prompt settings, the class list and the attributes of those classes. The cache key is a SHA-256

@@ -1,6 +1,6 @@
 """Why the model chose a class: the spatial and temporal evidence of the STI module (paper Fig. 6).
 
-For the top class ``c`` of a video, SPEC section 4 gives per frame ``t``:
+For the top class ``c`` of a video, docs/method.md section 4 gives per frame ``t``:
 
 - the patch heat map ``H[t, k] = max over valid words l of <P~[t, k], A~[c, l]>``: how well each
   patch matches its best word of the class prompt (``S_sp[t]`` is its maximum over patches);
@@ -225,7 +225,7 @@ def explain_video(
     mask = bank.word_mask[target : target + 1]
     sti = model.sti
     s_sp, s_temp, _ = sti.saliency(frame_feats, patches, words, mask)
-    # The STI's projected features (SPEC section 4): normalise, then ReLU(W x + b).
+    # The STI's projected features (docs/method.md section 4): normalise, then ReLU(W x + b).
     p, w = (F.normalize(patches, dim=-1), F.normalize(words, dim=-1)) if sti.normalize else (patches, words)
     p = F.relu(sti.patch_proj(p))[0]  # [T, Np, D]
     w = F.relu(sti.word_proj(w))[0]  # [Nw, D]

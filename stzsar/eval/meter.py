@@ -1,6 +1,6 @@
 """Multi-view test meter: per-view class probabilities averaged per video, then accuracies.
 
-A video is scored from one or more views (``num_clips x num_crops`` when testing, SPEC section 6).
+A video is scored from one or more views (``num_clips x num_crops`` when testing, docs/method.md section 6).
 The meter sums the per-view class probabilities of each video (keyed by the video's index in the
 dataset, so views may arrive in any batch and on any rank) and, at the end, averages them and
 computes top-1/top-5, per-class accuracy and the confusion matrix. Videos the loader could not

@@ -1,4 +1,4 @@
-"""The evaluation protocols of SPEC section 6: zero-shot, few-shot and supervised.
+"""The evaluation protocols of docs/method.md section 6: zero-shot, few-shot and supervised.
 
 - :func:`zero_shot`: one evaluation per test split (each with its own class list: the 160
   Kinetics-600 classes differ between splits), top-1/top-5 per split and mean +- std over splits.
@@ -30,10 +30,10 @@ logger = logging.getLogger(__name__)
 
 PROTOCOLS = ("zero-shot", "few-shot", "supervised")
 
-#: Views per test video in the supervised protocol (SPEC section 5: 4 temporal clips x 3 crops).
+#: Views per test video in the supervised protocol (docs/method.md section 5: 4 temporal clips x 3 crops).
 SUPERVISED_VIEWS = (4, 3)
 
-#: Few-shot K values and fine-tuning epochs of the paper (SPEC section 5).
+#: Few-shot K values and fine-tuning epochs of the paper (docs/method.md section 5).
 FEW_SHOT_K = (2, 4, 8, 16)
 FEW_SHOT_EPOCHS = 50
 

@@ -4,7 +4,7 @@
 
 - ``report.json``: everything measured (per split: top-1/top-5, mean class accuracy, videos
   scored and skipped with path and reason, per-class accuracy, the most confused pairs, the
-  confusion matrix), the summary over splits, the paper's number for the protocol (SPEC section 6)
+  confusion matrix), the summary over splits, the paper's number for the protocol (docs/method.md section 6)
   and the run's facts (model, checkpoint, class lists, attribute file, views);
 - ``report.md``: the table with the paper's number beside ours, then per split the most confused
   pairs, the per-class accuracy and the skipped videos;
@@ -28,7 +28,7 @@ from stzsar.eval.meter import EvalResult
 
 PathLike = Union[str, Path]
 
-#: The paper's numbers (SPEC section 6), by (protocol, dataset) and backbone setting.
+#: The paper's numbers (docs/method.md section 6), by (protocol, dataset) and backbone setting.
 #: zero-shot: (top-1 mean, std) over 3 splits; few-shot: top-1 per K on split 1;
 #: supervised: (top-1, top-5) per input setting.
 PAPER_NUMBERS: Dict[Tuple[str, str], Dict[str, Any]] = {

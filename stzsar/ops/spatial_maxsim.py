@@ -1,4 +1,4 @@
-"""The spatial double max of the STI module (SPEC section 4) as one ``torch.library`` op.
+"""The spatial double max of the STI module (docs/method.md section 4) as one ``torch.library`` op.
 
 ``S_sp[b, c, t] = max over valid words l, max over patches k of <patches[b, t, k], words[c, l]>``
 

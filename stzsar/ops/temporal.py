@@ -1,4 +1,4 @@
-"""The temporal step of the STI module (SPEC section 4) as two fused ``torch.library`` ops.
+"""The temporal step of the STI module (docs/method.md section 4) as two fused ``torch.library`` ops.
 
 ``stzsar::temporal_saliency``::
 

@@ -1,4 +1,4 @@
-"""The spatio-temporal interaction module (SPEC section 4)."""
+"""The spatio-temporal interaction module (docs/method.md section 4)."""
 
 from stzsar.sti.module import STIModule, sti_similarity_reference, temporal_saliency_reference
 

@@ -1,4 +1,4 @@
-"""The spatio-temporal interaction (STI) module of SPEC section 4.
+"""The spatio-temporal interaction (STI) module of docs/method.md section 4.
 
 For a batch of B videos and C classes::
 

@@ -1,4 +1,4 @@
-"""The frozen CLIP text encoder (SPEC section 2).
+"""The frozen CLIP text encoder (docs/method.md section 2).
 
 ``TextEncoder(prompts) -> ClassBank(class_emb [C, D], words [C, Nw, D], word_mask [C, Nw])``:
 ``class_emb`` is CLIP's usual text embedding (end-of-text token after ``ln_final`` and

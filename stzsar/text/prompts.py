@@ -1,4 +1,4 @@
-"""Class prompts (SPEC section 2): the class name followed by its attributes, in a template,
+"""Class prompts (docs/method.md section 2): the class name followed by its attributes, in a template,
 within CLIP's 77-token context. Trailing attributes are dropped to fit; the class name is never cut.
 """
 

@@ -1,4 +1,4 @@
-"""The in-batch loss of SPEC section 5 over the global batch of every rank.
+"""The in-batch loss of docs/method.md section 5 over the global batch of every rank.
 
 Each rank holds ``b_r`` videos (ranks may differ when bad videos were skipped). The prompts of a
 global batch are the prompts of all its labels; the text bank is frozen, so every rank selects

@@ -1,6 +1,6 @@
 """The training loop: ``train(config)`` on one CPU, one GPU, or many GPUs/nodes with ``torchrun``.
 
-What one optimizer step does (SPEC section 5):
+What one optimizer step does (docs/method.md section 5):
 
 1. ``grad_accum`` micro-batches; each is a global batch of ``batch_size / grad_accum`` videos
    split over the ranks (:mod:`stzsar.train.sampling`), scored against the prompts of all its

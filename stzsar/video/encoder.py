@@ -1,4 +1,4 @@
-"""The CLIP image encoder applied to video frames (SPEC section 3).
+"""The CLIP image encoder applied to video frames (docs/method.md section 3).
 
 ``VideoEncoder(frames [B, T, 3, H, W]) -> (frames [B, T, D], patches [B, T, Np, D])``: the class
 token and the patch tokens of every frame, both after ``ln_post`` and the visual projection.
