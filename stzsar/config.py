@@ -63,12 +63,27 @@ class ModelSection(ModelConfig):
         temperature: tau of the STI temporal softmax.
         normalize: L2-normalise the STI inputs.
         template: prompt template; ``{}`` receives the class name and its attributes.
-        template_words: whether the template's own words count as words in the STI.
+        word_tokens: which prompt tokens count as words in the STI matches:
+            ``class_and_attributes`` (default: the template's words and punctuation masked) or
+            ``sentence`` (every token, the paper's literal reading).
         backend: backend of the fused STI ops (``auto``, ``torch``, ``cpu``, ``cuda``, ``triton``).
         image_size: force the image size of the ViT (``null``: the architecture's).
+        spatial_interaction: the STI's spatial step (``false``: ``S_sp = 1``).
+        temporal_interaction: the STI's temporal step (``false``: the video is
+            ``sum_t S_sp[t] v_t``; with both off, the mean of the frames).
     """
 
     pretrained: Optional[str] = "openai"
+
+
+def default_num_workers(limit: int = 8) -> int:
+    """Decoding workers a rank starts by default: the cores this process may run on, at most ``limit``
+    (more workers than cores only add contention, and torch warns about it)."""
+    try:
+        cores = len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        cores = os.cpu_count() or 1
+    return max(1, min(limit, cores))
 
 
 @dataclass
@@ -92,7 +107,8 @@ class DataSection:
         short_side: short side before cropping (``null``: the data module's default).
         hflip: probability of a horizontal flip when training.
         decoder: ``pyav`` (CPU workers), ``dali`` (GPU) or ``auto``.
-        num_workers: DataLoader worker processes per rank.
+        num_workers: DataLoader worker processes per rank (default: the CPU cores this process may
+            use, at most 8).
         strict: raise on a bad video instead of skipping it (skips are logged and counted).
         shots: videos per class for a few-shot subset (``null``: all).
     """
@@ -112,7 +128,7 @@ class DataSection:
     short_side: Optional[int] = None
     hflip: float = 0.5
     decoder: str = "auto"
-    num_workers: int = 8
+    num_workers: int = field(default_factory=lambda: default_num_workers())
     strict: bool = False
     shots: Optional[int] = None
 
@@ -462,6 +478,7 @@ _CHOICES = {
     ("train", "precision"): ("auto", "fp32", "bf16", "fp16"),
     ("data", "decoder"): ("auto", "pyav", "dali", "torchcodec"),
     ("eval", "protocol"): ("zero-shot", "few-shot", "supervised"),
+    ("model", "word_tokens"): ("class_and_attributes", "sentence"),
 }
 
 

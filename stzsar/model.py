@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import logging
 import math
 import os
 from dataclasses import asdict, dataclass, field
@@ -42,9 +43,11 @@ class ModelConfig:
     temperature: float = 0.01
     normalize: bool = True
     template: str = DEFAULT_TEMPLATE
-    template_words: bool = True
+    word_tokens: str = "class_and_attributes"
     backend: str = "auto"
     image_size: Optional[int] = None
+    spatial_interaction: bool = True
+    temporal_interaction: bool = True
 
 
 @functools.lru_cache(maxsize=None)
@@ -53,6 +56,24 @@ def register_model_configs() -> None:
     import open_clip
 
     open_clip.add_model_config(MODEL_CONFIG_DIR)
+
+
+class _DropRandomInitWarning(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not record.getMessage().startswith("No pretrained weights loaded for model")
+
+
+@contextlib.contextmanager
+def _quiet_random_init():
+    """open_clip warns on the root logger whenever it builds a model without weights; where that is
+    intended (the weights come from a file or a checkpoint right after) the warning misleads."""
+    root = logging.getLogger()
+    quiet = _DropRandomInitWarning()
+    root.addFilter(quiet)
+    try:
+        yield
+    finally:
+        root.removeFilter(quiet)
 
 
 def _create_clip(name: str, pretrained: Optional[str], image_size: Optional[int], meta: bool = False):
@@ -68,8 +89,13 @@ def _create_clip(name: str, pretrained: Optional[str], image_size: Optional[int]
     is_file = bool(pretrained) and os.path.isfile(str(pretrained))
     try:
         if pretrained and is_file:
-            clip = open_clip.create_model(name, pretrained=None, **kwargs)
+            with _quiet_random_init():
+                clip = open_clip.create_model(name, pretrained=None, **kwargs)
             load_clip_weights(clip, pretrained)
+        elif not pretrained:
+            # Random weights on purpose: from scratch, or weights loaded later from a checkpoint.
+            with _quiet_random_init():
+                clip = open_clip.create_model(name, pretrained=None, **kwargs)
         else:
             clip = open_clip.create_model(name, pretrained=pretrained, **kwargs)
     except PretrainedWeightsUnavailable:
@@ -167,9 +193,11 @@ def build_model(
     temperature: float = 0.01,
     normalize: bool = True,
     template: str = DEFAULT_TEMPLATE,
-    template_words: bool = True,
+    word_tokens: str = "class_and_attributes",
     backend: str = "auto",
     image_size: Optional[int] = None,
+    spatial_interaction: bool = True,
+    temporal_interaction: bool = True,
     device: Union[str, torch.device] = "cpu",
 ) -> STZSARModel:
     """Build the model around an open_clip architecture.
@@ -181,10 +209,15 @@ def build_model(
         frozen_blocks: lower ViT blocks kept frozen (``None``: the first half).
         temporal_layers: layers of the optional temporal transformer over frame embeddings.
         temperature, normalize, backend: see :class:`stzsar.STIModule`.
-        template, template_words: prompt template and whether its words count as words.
+        template: prompt template.
+        word_tokens: which prompt tokens count as words in the STI matches
+            (``"class_and_attributes"`` or ``"sentence"``, see :mod:`stzsar.text.encoder`).
+        spatial_interaction, temporal_interaction: the STI's two steps (both off: mean pooling);
+            see :class:`stzsar.STIModule`.
     """
     config = ModelConfig(name, pretrained, frozen_blocks, temporal_layers, temperature, normalize,
-                         template, template_words, backend, image_size)
+                         template, word_tokens, backend, image_size, spatial_interaction,
+                         temporal_interaction)
     return build_model_from_config(config, device=device)
 
 
@@ -199,11 +232,12 @@ def build_model_from_config(config: ModelConfig, device: Union[str, torch.device
         clip, tokenizer = _create_clip(config.name, config.pretrained, config.image_size, meta=meta)
         video = VideoEncoder(clip.visual, config.frozen_blocks, config.temporal_layers)
         text = TextEncoder.from_clip(clip, tokenizer, template=config.template,
-                                     template_words=config.template_words)
+                                     word_tokens=config.word_tokens)
         if video.dim != text.dim:
             raise ValueError(f"image and text towers disagree on the embedding size: {video.dim} vs {text.dim}")
         sti = STIModule(video.dim, temperature=config.temperature, normalize=config.normalize,
-                        backend=config.backend)
+                        backend=config.backend, spatial=config.spatial_interaction,
+                        temporal=config.temporal_interaction)
         # A meta tensor has no value to read; 100 (trained CLIP's clamped scale) changes no shape or flop.
         scale = 100.0 if meta else float(clip.logit_scale.detach().exp().clamp(max=100.0))
         model = STZSARModel(video, text, sti, scale, config)
