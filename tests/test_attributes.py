@@ -198,6 +198,54 @@ def test_pipeline_with_cache_and_file(tmp_path, caplog, concurrency):
     assert third.calls == [("JumpRope", "a different text")]
 
 
+class RankedExtractor(ScriptedExtractor):
+    """A scripted extractor that, like the offline ones, asks for the distinctive re-ranking."""
+
+    name = "ranked"
+    distinctive = True
+
+
+# Every class's extractor ranks the shared "frame" first; "ball" is shared by two of the three.
+SHARED = {
+    "vorpel": ["frame", "ball", "red", "left", "trail"],
+    "glimmer": ["frame", "ball", "blue", "right", "halo"],
+    "quorn": ["frame", "bar", "green", "spin"],  # exactly Na = 4 candidates, "frame" included
+}
+
+
+def test_distinctive_words_beat_shared_ones_and_no_class_loses_attributes():
+    result = extract_attributes(list(SHARED), None, RankedExtractor(SHARED), num=4, progress=False)
+    assert result.header["distinctive"] is True
+    # a word every class uses loses to any word that tells the class apart ...
+    assert "frame" not in result.attributes["vorpel"] and "frame" not in result.attributes["glimmer"]
+    # ... but a class with no more candidates than Na keeps it: nobody drops below Na
+    assert sorted(result.attributes["quorn"]) == ["bar", "frame", "green", "spin"]
+    assert result.attributes["quorn"][-1] == "frame" and result.short == []
+    # by hand: N = 3; "ball" (2 classes, rank 1) scores log(3/2)/2 = 0.20, "red" (1 class, rank 2)
+    # log(3)/3 = 0.37, "left" log(3)/4 = 0.27, "trail" log(3)/5 = 0.22
+    assert result.attributes["vorpel"] == ["red", "left", "trail", "ball"]
+    # switched off: the extractor's order
+    plain = extract_attributes(list(SHARED), None, RankedExtractor(SHARED), num=4, progress=False, distinctive=False)
+    assert plain.attributes["vorpel"] == ["frame", "ball", "red", "left"] and plain.header["distinctive"] is False
+
+
+def test_extractors_that_rank_per_description_are_re_ranked_by_default():
+    from stzsar.attributes import make_offline_extractor
+
+    assert all(make_offline_extractor(name).distinctive for name in ("yake", "rake"))
+    descriptions = {  # the synthetic demo's style: every description says "across the empty frame"
+        "vorpel": "A red ball slides left across the empty frame, leaving a fading trail on the wooden floor.",
+        "glimmer": "A blue ball slides right across the empty frame, a glowing halo around the bright ball.",
+        "quorn": "A green bar spins round across the empty frame; a propeller blade turning fast.",
+    }
+    plain = extract_attributes(list(descriptions), descriptions, make_offline_extractor("rake"), num=4,
+                               progress=False, distinctive=False)
+    assert all("empty frame" in k for k in plain.attributes.values()), plain.attributes  # RAKE's own order
+    result = extract_attributes(list(descriptions), descriptions, make_offline_extractor("rake"), num=4, progress=False)
+    assert not any("empty frame" in k for k in result.attributes.values()), result.attributes
+    assert all(len(k) == 4 for k in result.attributes.values())
+
+
 def test_cache_file_is_valid_after_every_write(tmp_path):
     path = tmp_path / "c.json"
     cache = AttributeCache(path)

@@ -32,6 +32,9 @@ class Extractor(ABC):
     model: str = ""
     #: classes processed at the same time (threads); offline extractors run one at a time.
     concurrency: int = 1
+    #: re-rank keywords by how few classes use them (see :func:`stzsar.attributes.postprocess.prefer_distinctive`):
+    #: on for offline extractors, whose per-description ranking cannot see the other classes.
+    distinctive: bool = False
 
     @property
     @abstractmethod

@@ -142,6 +142,7 @@ class KeyBERTExtractor(Extractor):
         top: keywords returned per class (post-processing keeps the first ``Na``).
     """
 
+    distinctive = True
     name = "keybert"
     model = "all-MiniLM-L6-v2"
 
@@ -345,6 +346,7 @@ def _mmr(similarity, vectors, diversity: float, top: int) -> List[int]:
 class YakeExtractor(Extractor):
     """YAKE keywords of the description (``yake`` package), best first."""
 
+    distinctive = True
     name = "yake"
     model = "yake"
 
@@ -371,6 +373,7 @@ class YakeExtractor(Extractor):
 class RakeExtractor(Extractor):
     """RAKE: runs of content words between stopwords/punctuation, scored by sum of degree/frequency."""
 
+    distinctive = True
     name = "rake"
     model = "rake"
 

@@ -25,7 +25,7 @@ from typing import Dict, List, Mapping, Optional, Sequence, Tuple, Union
 from stzsar.attributes.base import Extraction, ExtractionError, Extractor
 from stzsar.attributes.cache import AttributeCache, atomic_write_text, cache_key
 from stzsar.attributes.descriptions import match_descriptions
-from stzsar.attributes.postprocess import postprocess_keywords
+from stzsar.attributes.postprocess import postprocess_keywords, prefer_distinctive
 from stzsar.classes import canonical_name, display_name
 
 logger = logging.getLogger(__name__)
@@ -126,6 +126,7 @@ def extract_attributes(
     drop_name_words: bool = True,
     progress: bool = True,
     source: Optional[str] = None,
+    distinctive: Optional[bool] = None,
 ) -> AttributeSet:
     """Extract, post-process and collect ``num`` keyword attributes for every class.
 
@@ -139,6 +140,9 @@ def extract_attributes(
             extracted again, new ones are written to it as they arrive.
         drop_name_words: drop keywords made only of the class name's words.
         source: where the descriptions came from, for the header.
+        distinctive: re-rank each class's keywords so that words few classes of the list use come
+            first (:func:`stzsar.attributes.postprocess.prefer_distinctive`); nothing is dropped.
+            Default: the extractor's ``distinctive`` (on for the offline ones).
 
     Raises :class:`ExtractionError` when some classes fail (after retries); everything that
     succeeded is in the cache by then, so a rerun only redoes the failures.
@@ -227,10 +231,17 @@ def extract_attributes(
             f"done are cached; run again to retry the rest):\n{lines}"
         )
 
+    if distinctive is None:
+        distinctive = bool(getattr(extractor, "distinctive", False))
+    # All of each class's cleaned keywords (not only the first num) take part in the re-ranking.
+    cleaned = [postprocess_keywords(results[i].keywords, None, name, drop_name_words) for i, name in enumerate(classes)]
+    if distinctive:
+        cleaned = prefer_distinctive(cleaned)
     attributes: Dict[str, List[str]] = {}
     short: List[str] = []
-    for i, name in enumerate(classes):
-        keywords = postprocess_keywords(results[i].keywords, num, name, drop_name_words)
+    for name, ranked in zip(classes, cleaned):
+        # A second pass: a sub-phrase moved in front of its phrase ("ball", "soccer ball") stays one.
+        keywords = postprocess_keywords(ranked, num, name, drop_name_words)
         if len(keywords) < num:
             short.append(name)
         attributes[name] = keywords
@@ -244,6 +255,7 @@ def extract_attributes(
         **identity,
         "num": num,
         "drop_name_words": drop_name_words,
+        "distinctive": distinctive,
         "classes": len(classes),
         "descriptions": source,
         "missing_descriptions": matched.missing if descriptions is not None else list(classes),

@@ -13,6 +13,7 @@ only has to map the inflected forms of one word to one key, not to produce real 
 
 from __future__ import annotations
 
+import math
 import re
 import unicodedata
 from typing import FrozenSet, Iterable, List, Optional, Sequence, Tuple
@@ -175,6 +176,40 @@ def postprocess_keywords(
         if num is not None and len(kept) >= num:
             break
     return kept
+
+
+def class_frequency(keyword_lists: Sequence[Sequence[str]]) -> List[List[int]]:
+    """For each class's keywords, how many classes of the list use all of the keyword's words.
+
+    A class uses a word when it is among the content-word stems of that class's own keywords,
+    so ``ball`` counts for a class with ``soccer ball``. Every count is at least 1 (its own class).
+    """
+    used = [frozenset(s for k in keywords for s in keyword_stems(k)) for keywords in keyword_lists]
+    counts: List[List[int]] = []
+    for keywords in keyword_lists:
+        counts.append([sum(1 for words in used if frozenset(keyword_stems(k)) <= words) for k in keywords])
+    return counts
+
+
+def prefer_distinctive(keyword_lists: Sequence[Sequence[str]]) -> List[List[str]]:
+    """Re-rank every class's keywords so that words few classes share come first (IDF-like).
+
+    A keyword at rank ``r`` (0-based, the extractor's order) used by ``df`` of the ``N`` classes
+    scores ``log(N / df) / (r + 1)``: a word every class has scores 0 and goes last, and among
+    equally shared words the extractor's order stands (ties keep the rank). Nothing is dropped,
+    so a class keeps as many keywords as it had. The lists must be post-processed already
+    (:func:`postprocess_keywords` with ``num=None``), so that inflected forms count as one word.
+    """
+    total = len(keyword_lists)
+    if total < 2:
+        return [list(k) for k in keyword_lists]
+    out: List[List[str]] = []
+    for keywords, counts in zip(keyword_lists, class_frequency(keyword_lists)):
+        # Rounded so that the last bits of the log never reorder equal scores.
+        scores = [round(math.log(total / df) / (rank + 1), 9) for rank, df in enumerate(counts)]
+        order = sorted(range(len(keywords)), key=lambda i: (-scores[i], i))
+        out.append([keywords[i] for i in order])
+    return out
 
 
 def content_words(text: str) -> List[str]:

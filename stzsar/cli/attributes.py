@@ -55,6 +55,9 @@ def register(subparsers) -> argparse.ArgumentParser:
     parser.add_argument("--cache", type=Path,
                         help="cache file (default: OUT with suffix .cache.json); reruns read it")
     parser.add_argument("--no-cache", action="store_true", help="neither read nor write a cache file")
+    parser.add_argument("--no-distinctive", dest="distinctive", action="store_false", default=None,
+                        help="keep the extractor's own order (default for offline extractors: words that "
+                        "few classes of the list use come first)")
     parser.add_argument("--keep-name-words", action="store_true",
                         help="keep attributes made only of the class name's words")
     parser.add_argument("--show", action="store_true",
@@ -141,7 +144,7 @@ def run(args) -> int:
     try:
         result = extract_attributes(
             classes, descriptions, extractor, num=args.num, cache=cache,
-            drop_name_words=not args.keep_name_words, progress=not args.quiet,
+            drop_name_words=not args.keep_name_words, progress=not args.quiet, distinctive=args.distinctive,
             source=str(args.descriptions) if args.descriptions else None,
         )
     except ExtractionError as error:
