@@ -237,3 +237,72 @@ def test_checkpoint_errors_and_pruning(tmp_path):
         manager.save(step, model=model)
     assert [s for s, _ in manager.list()] == [2, 3]
     assert manager.latest().name == "step_00000003.pt"
+
+
+def test_ctrl_c_stops_at_a_step_checkpoints_and_resumes_exactly(video_list, tmp_path):
+    """SIGINT during training: the run stops after the step in flight with a checkpoint of that
+    step, raises TrainingInterrupted, and resuming it ends where an uninterrupted run ends."""
+    import os
+    import signal
+
+    from stzsar.train.trainer import TrainingInterrupted
+
+    extra = ("train.checkpoint_every=0", "train.epochs=2")
+    reference = train(tiny_config(video_list, tmp_path / "a", *extra))
+
+    def ctrl_c_at_2(trainer, step):
+        if step == 2:
+            os.kill(os.getpid(), signal.SIGINT)
+
+    previous = signal.getsignal(signal.SIGINT)
+    with pytest.raises(TrainingInterrupted) as stop:
+        train(tiny_config(video_list, tmp_path / "b", *extra), callbacks=[ctrl_c_at_2])
+    assert signal.getsignal(signal.SIGINT) is previous  # the handler is put back
+    assert stop.value.step == 2 and stop.value.checkpoint is not None
+    assert read_checkpoint(stop.value.checkpoint)["step"] == 2
+    resumed = train(tiny_config(video_list, tmp_path / "b", *extra), resume=stop.value.run_dir)
+    expected, got = _params(reference.model), _params(resumed.model)
+    for key in expected:
+        assert torch.equal(expected[key], got[key]), key
+
+
+def test_ctrl_c_on_the_command_line_exits_130_with_the_resume_command(video_list, tmp_path):
+    """Ctrl-C as a terminal sends it (to the whole process group, DataLoader workers included)."""
+    import json
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    run = tmp_path / "run"
+    settings = [
+        "model.name=stzsar-tiny", "model.pretrained=null", "model.frozen_blocks=0", "model.backend=torch",
+        f"data.root={video_list}", f"data.train_list={video_list / 'train.txt'}",
+        f"data.labels={video_list / 'labels.csv'}", "data.num_frames=4", "data.size=32", "data.short_side=36",
+        "data.num_workers=1", "train.batch_size=4", "train.epochs=200", "train.progress=false",
+        "train.tensorboard=false", "train.log_every=1", "train.checkpoint_every=0", f"train.output_dir={run}",
+    ]
+    command = [sys.executable, "-m", "stzsar.cli", "train"] + [a for s in settings for a in ("--set", s)]
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    proc = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            start_new_session=True, env=env)
+    try:
+        deadline = time.time() + 240
+        metrics = run / "metrics.jsonl"
+        while time.time() < deadline and proc.poll() is None:
+            lines = metrics.read_text().splitlines() if metrics.exists() else []
+            if any("loss" in json.loads(line) for line in lines if line.strip()):
+                break
+            time.sleep(0.2)
+        assert proc.poll() is None, proc.communicate()
+        os.killpg(proc.pid, signal.SIGINT)
+        out, err = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+    assert proc.returncode == 130, err
+    assert "Traceback" not in err, err
+    assert f"continue with: stzsar train --resume {run}" in err, err
+    saved = CheckpointManager(run / "checkpoints").list()
+    assert saved and read_checkpoint(saved[-1][1])["step"] >= 1

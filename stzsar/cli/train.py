@@ -12,6 +12,9 @@ Examples::
     # configuration stored in the checkpoint is used)
     stzsar train --resume runs/k400_vitb16_f16
 
+Ctrl-C stops after the optimizer step in flight, writes a checkpoint of it and prints the
+``--resume`` command that continues the run (exit status 130); a second Ctrl-C stops at once.
+
 Settings come from the defaults, then ``--config FILE``, then ``--set section.key=value``
 overrides (e.g. ``--set optim.lr=1e-4 --set train.epochs=10``); the resolved configuration is
 saved as ``<train.output_dir>/config.yaml``.
@@ -85,10 +88,17 @@ def run_train(args: argparse.Namespace) -> int:
 
     from stzsar.model import PretrainedWeightsUnavailable
     from stzsar.train.checkpoint import CheckpointError
-    from stzsar.train.trainer import NonFiniteLossError, train
+    from stzsar.train.trainer import NonFiniteLossError, TrainingInterrupted, train
 
     try:
         result = train(config, resume=args.resume)
+    except TrainingInterrupted as stop:
+        if int(os.environ.get("RANK", "0")) == 0:
+            print(f"stzsar train: interrupted after step {stop.step} (epoch {stop.epoch}); "
+                  f"checkpoint: {stop.checkpoint}", file=sys.stderr)
+            if stop.checkpoint is not None:
+                print(f"continue with: stzsar train --resume {stop.run_dir}", file=sys.stderr)
+        return 130
     except NonFiniteLossError as error:
         print(f"stzsar train: stopped: {error}", file=sys.stderr)
         return 3

@@ -11,6 +11,7 @@ _LAZY = {
     "Trainer": ("stzsar.train.trainer", "Trainer"),
     "TrainResult": ("stzsar.train.trainer", "TrainResult"),
     "NonFiniteLossError": ("stzsar.train.trainer", "NonFiniteLossError"),
+    "TrainingInterrupted": ("stzsar.train.trainer", "TrainingInterrupted"),
     "save_checkpoint": ("stzsar.train.checkpoint", "save_checkpoint"),
     "load_model_from_checkpoint": ("stzsar.train.checkpoint", "load_model_from_checkpoint"),
     "CheckpointError": ("stzsar.train.checkpoint", "CheckpointError"),

@@ -35,6 +35,8 @@ import dataclasses
 import logging
 import math
 import os
+import signal
+import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Union
@@ -83,6 +85,53 @@ class NonFiniteLossError(FloatingPointError):
             f"of the epoch), videos {shown}{' ...' if len(self.indices) > 16 else ''}; "
             f"state before this step saved to {checkpoint}"
         )
+
+
+class TrainingInterrupted(KeyboardInterrupt):
+    """Training stopped on Ctrl-C (SIGINT) at an optimizer-step boundary, its state checkpointed.
+
+    A ``KeyboardInterrupt``, so code that catches that still does; ``checkpoint`` continues the run
+    (``stzsar train --resume <run_dir>``)."""
+
+    def __init__(self, step: int, epoch: int, run_dir: Path, checkpoint: Optional[Path]):
+        self.step = step
+        self.epoch = epoch
+        self.run_dir = run_dir
+        self.checkpoint = checkpoint
+        super().__init__(f"interrupted after optimizer step {step} (epoch {epoch}); "
+                         f"checkpoint: {checkpoint}")
+
+
+class _StopOnInterrupt:
+    """Turns the first Ctrl-C into a request to stop at the next optimizer-step boundary (a second
+    one interrupts at once). Only the main thread can take signals; elsewhere nothing changes."""
+
+    def __init__(self):
+        self.requested = False
+        self._previous = None
+
+    def _handle(self, signum, frame):
+        self.requested = True
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+        logger.warning("Ctrl-C: stopping after the current step and writing a checkpoint "
+                       "(press it again to stop at once)")
+
+    def __enter__(self) -> "_StopOnInterrupt":
+        if threading.current_thread() is threading.main_thread():
+            self._previous = signal.signal(signal.SIGINT, self._handle)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self._previous is not None:
+            signal.signal(signal.SIGINT, self._previous)
+
+    def agreed(self, device: torch.device, distributed: bool) -> bool:
+        """Whether any rank was interrupted (every rank must stop at the same step)."""
+        if not distributed:
+            return self.requested
+        flag = torch.tensor([1.0 if self.requested else 0.0], device=device)
+        torch.distributed.all_reduce(flag, op=torch.distributed.ReduceOp.MAX)
+        return bool(flag.item() > 0)
 
 
 @dataclass
@@ -414,6 +463,7 @@ class Trainer:
             )
         self.step = int(payload["step"])
         self.epoch = int(payload["epoch"])
+        self.last_checkpoint = Path(path)
         self.micro_in_epoch = int(extra.get("micro_in_epoch", 0))
         rng = payload.get("rng") or []
         if rng:
@@ -459,7 +509,10 @@ class Trainer:
         window_loss: List[float] = []
         saved_at = self.step if self.step > 0 else -1
         throughput.start()
+        interrupt = _StopOnInterrupt()
+        distributed = self.dist.world_size > 1
         try:
+            interrupt.__enter__()
             while self.step < self.total_steps:
                 if self.micro_in_epoch >= self.steps_per_epoch * accum:  # epoch finished before a kill
                     self.epoch += 1
@@ -470,7 +523,19 @@ class Trainer:
                     self.dataset.epoch = self.epoch
                 batches = iter(self.loader)
                 while self.step < self.total_steps and self.micro_in_epoch < self.steps_per_epoch * accum:
-                    loss_value, clips, grad_norm = self._train_step(batches, accum)
+                    if interrupt.agreed(self.device, distributed):
+                        saved_at = self._stop_interrupted(saved_at)
+                    step_start = self.micro_in_epoch
+                    try:
+                        loss_value, clips, grad_norm = self._train_step(batches, accum)
+                    except Exception:
+                        # Ctrl-C also reaches the DataLoader workers, which then exit: the step in
+                        # flight is dropped (no optimizer update happened yet) and the run stops.
+                        if not interrupt.requested or distributed:
+                            raise
+                        self.micro_in_epoch = step_start
+                        self.optimizer.zero_grad(set_to_none=True)
+                        saved_at = self._stop_interrupted(saved_at)
                     self.step += 1
                     lr = self.optimizer.param_groups[0]["lr"]
                     rate = throughput.update(clips)
@@ -502,6 +567,7 @@ class Trainer:
             if self.save_checkpoints and saved_at != self.step:
                 self.save()
         finally:
+            interrupt.__exit__()
             bar.close()
         if self.dist.is_main:
             self.log.event(self.step, event="end", checkpoint=str(self.last_checkpoint))
@@ -509,6 +575,16 @@ class Trainer:
         self.model.eval()
         return TrainResult(self.model, self.run_dir, self.last_checkpoint, self.step, self.epoch,
                            self.history, list(self.skipped.values()))
+
+    def _stop_interrupted(self, saved_at: int) -> int:
+        """Checkpoint the last finished step (unless that is done already) and raise."""
+        if self.save_checkpoints and saved_at != self.step:
+            self.save()
+        if self.dist.is_main:
+            self.log.event(self.step, event="interrupted", checkpoint=str(self.last_checkpoint))
+        self.log.close()
+        raise TrainingInterrupted(self.step, self.epoch, self.run_dir,
+                                  self.last_checkpoint if self.save_checkpoints else None)
 
     def _train_step(self, batches, accum: int):
         """One optimizer step over ``accum`` micro-batches; returns (loss, clips, grad norm)."""
