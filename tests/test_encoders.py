@@ -26,10 +26,10 @@ def test_class_embedding_equals_open_clip_encode_text(clip_and_tokenizer):
     torch.testing.assert_close(bank.class_emb, expected, rtol=1e-5, atol=1e-6)
 
 
-def test_word_mask_keeps_exactly_the_word_tokens(clip_and_tokenizer):
+def test_sentence_word_mask_keeps_every_token_of_the_sentence(clip_and_tokenizer):
     clip, tokenizer = clip_and_tokenizer
     prompts = ["This is a video about archery.", "This is a video about salsa spin, dance, partner, turn."]
-    bank = TextEncoder.from_clip(clip, tokenizer)(prompts)
+    bank = TextEncoder.from_clip(clip, tokenizer, word_tokens="sentence")(prompts)
     simple = open_clip.tokenizer.SimpleTokenizer()
     lengths = [len(simple.encode(p)) for p in prompts]
     assert bank.word_mask.sum(1).tolist() == lengths
@@ -44,13 +44,28 @@ def test_word_mask_keeps_exactly_the_word_tokens(clip_and_tokenizer):
     torch.testing.assert_close(bank.words[0, : lengths[0]], x[0, 1 : 1 + lengths[0]], rtol=1e-5, atol=1e-6)
 
 
-def test_template_words_option_drops_template_tokens(clip_and_tokenizer):
+def test_default_word_mask_keeps_class_and_attribute_tokens_only(clip_and_tokenizer):
     clip, tokenizer = clip_and_tokenizer
-    prompt = "This is a video about archery."
-    with_template = TextEncoder.from_clip(clip, tokenizer)([prompt]).word_mask.sum()
-    without = TextEncoder.from_clip(clip, tokenizer, template_words=False)([prompt]).word_mask.sum()
+    name, attributes = "salsa spin", ["dance", "partner", "turn-taking"]
+    prompt = build_prompt(name, attributes).text
+    bank = TextEncoder.from_clip(clip, tokenizer)([prompt, "This is a video about archery."])
     simple = open_clip.tokenizer.SimpleTokenizer()
-    assert int(with_template) - int(without) == len(simple.encode("This is a video about")) + len(simple.encode("."))
+    # Independently: the prompt's tokens, and which of them come from the name and the attributes.
+    ids = simple.encode(prompt)
+    keep = set()
+    for piece in [name, *attributes]:
+        keep |= {i for i in simple.encode(piece) if any(ch.isalnum() for ch in simple.decode([i]))}
+    expected = [i in keep for i in ids]
+    row = bank.word_mask[0, : len(ids)].tolist()
+    assert row == expected and not bank.word_mask[0, len(ids):].any()
+    kept = [simple.decoder[i].replace("</w>", "") for i, k in zip(ids, row) if k]
+    assert kept == ["salsa", "spin", "dance", "partner", "turn", "taking"]  # no "a", "is", ",", "-", "."
+    assert bank.word_mask[1].sum() == len(simple.encode("archery"))
+    # z_c (end-of-text token) does not depend on the word set
+    sentence = TextEncoder.from_clip(clip, tokenizer, word_tokens="sentence")([prompt])
+    torch.testing.assert_close(bank.class_emb[:1], sentence.class_emb)
+    with pytest.raises(ValueError, match="word_tokens"):
+        TextEncoder.from_clip(clip, tokenizer, word_tokens="template")
 
 
 def test_frame_and_patch_embeddings_equal_open_clip(clip_and_tokenizer):

@@ -131,3 +131,96 @@ def test_no_grad_path_matches_loops(normalize):
     with torch.no_grad():
         got = module.similarity(frames, patches, words, mask, class_emb)
     torch.testing.assert_close(got, cos, rtol=1e-9, atol=1e-12)
+
+
+# ---------------------------------------------------------------------------------------------
+# The ablations of SPEC section 4 (the paper's Table 4) as switches of the module
+
+VARIANTS = [(True, True), (True, False), (False, True), (False, False)]  # (spatial, temporal)
+
+
+def _variant(full: STIModule, spatial: bool, temporal: bool, fused=True, backend="auto", dtype=None):
+    """A module of the variant holding ``full``'s projection weights where it has them."""
+    module = STIModule(full.dim, temperature=full.temperature, normalize=full.normalize, fused=fused,
+                       backend=backend, spatial=spatial, temporal=temporal)
+    module = module.to(dtype or full.patch_proj.weight.dtype)
+    own = module.state_dict()
+    module.load_state_dict({k: v for k, v in full.state_dict().items() if k in own})
+    return module
+
+
+def _variant_reference(full, spatial, temporal, *inputs):
+    return sti_loops(
+        *inputs,
+        full.patch_proj.weight.detach(), full.patch_proj.bias.detach(),
+        full.word_proj.weight.detach(), full.word_proj.bias.detach(),
+        full.temperature, full.normalize, spatial=spatial, temporal=temporal,
+    )
+
+
+def test_reference_variants_are_what_the_ablations_say():
+    # The loops' variants against the closed forms of the ablations (both derived from the SPEC).
+    inputs = _inputs(seed=17)
+    frames, patches, words, mask, class_emb = inputs
+    full = _module(frames.shape[-1])
+    s_sp, *_ = _variant_reference(full, True, True, *inputs)
+    _, w, f, cos = _variant_reference(full, True, False, *inputs)
+    torch.testing.assert_close(w, s_sp)
+    v = frames / frames.norm(dim=-1, keepdim=True)
+    torch.testing.assert_close(f, torch.einsum("bct,btd->bcd", s_sp, v))
+    _, w, f, cos = _variant_reference(full, False, False, *inputs)
+    z = class_emb / class_emb.norm(dim=-1, keepdim=True)
+    mean = v.mean(1)
+    expected = (mean @ z.t()) / mean.norm(dim=-1, keepdim=True)
+    torch.testing.assert_close(cos, expected)
+    s_no_sp, *_ = _variant_reference(full, False, True, *inputs)
+    assert torch.all(s_no_sp == 1)
+
+
+@pytest.mark.parametrize("spatial,temporal", VARIANTS)
+@pytest.mark.parametrize("fused", [True, False])
+def test_variants_match_loops_float64(spatial, temporal, fused):
+    inputs = _inputs(seed=19)
+    full = _module(inputs[0].shape[-1], tau=0.05)
+    module = _variant(full, spatial, temporal, fused=fused)
+    s_sp, s_temp, f_st, cos = _variant_reference(full, spatial, temporal, *inputs)
+    frames, patches, words, mask, class_emb = inputs
+    got_sp, got_temp, _ = module.saliency(frames, patches, words, mask)
+    torch.testing.assert_close(got_sp, s_sp, rtol=1e-10, atol=1e-10)
+    torch.testing.assert_close(got_temp, s_temp, rtol=1e-9, atol=1e-12)
+    torch.testing.assert_close(module(frames, patches, words, mask), f_st, rtol=1e-9, atol=1e-12)
+    torch.testing.assert_close(module.similarity(*inputs), cos, rtol=1e-9, atol=1e-12)
+
+
+def _backends():
+    from stzsar.ops.spatial_maxsim import available_backends
+
+    found = set(available_backends("cpu")) & set(available_backends("cpu", kernel="sti_temporal"))
+    return [b for b in ("torch", "cpu", "triton") if b in found]
+
+
+@pytest.mark.parametrize("spatial,temporal", VARIANTS)
+@pytest.mark.parametrize("backend", ["torch", "cpu", "triton"])
+def test_variants_on_every_backend_float32(spatial, temporal, backend):
+    if backend not in _backends():
+        pytest.skip(f"backend {backend!r} not available here (Triton needs TRITON_INTERPRET=1 on CPU)")
+    inputs = _inputs(B=2, T=4, Np=6, C=3, Nw=5, D=16, seed=23)
+    full = _module(16, tau=0.05)
+    *_, cos = _variant_reference(full, spatial, temporal, *inputs)
+    module = _variant(full, spatial, temporal, backend=backend, dtype=torch.float32)
+    as32 = [t.float() if t.is_floating_point() else t for t in inputs]
+    as32[0].requires_grad_(True)
+    got = module.similarity(*as32)
+    assert got.dtype == torch.float32
+    torch.testing.assert_close(got.double(), cos, rtol=1e-4, atol=1e-5)
+    got.sum().backward()  # the frames and every parameter the variant has get a gradient
+    for name, param in [("frames", as32[0]), *module.named_parameters()]:
+        assert param.grad is not None and torch.isfinite(param.grad).all(), name
+
+
+def test_variants_hold_only_the_projections_they_use():
+    assert STIModule(8).patch_proj is not None and STIModule(8).word_proj is not None
+    assert STIModule(8, spatial=False).patch_proj is None
+    assert STIModule(8, spatial=False).word_proj is not None
+    assert STIModule(8, temporal=False).word_proj is not None
+    assert list(STIModule(8, spatial=False, temporal=False).parameters()) == []

@@ -71,7 +71,7 @@ def bank_key(model, class_names: Sequence[str], attributes: Optional[Dict[str, L
         "format": CACHE_FORMAT,
         "model": config.name,
         "template": config.template,
-        "template_words": config.template_words,
+        "word_tokens": config.word_tokens,
         "context_length": model.text.context_length,
         "text_tower": fingerprint or text_tower_fingerprint(model),
         "classes": list(class_names),

@@ -209,9 +209,12 @@ def explain_video(
         raise ValueError(f"video must be one clip [T, 3, H, W], got {tuple(video.shape)}")
     if len(bank) != len(class_names):
         raise ValueError(f"bank has {len(bank)} classes, class_names {len(class_names)}")
+    if not getattr(model.sti, "spatial", True):
+        raise ValueError("this model has no spatial interaction (S_sp = 1): there are no winning "
+                         "patches or words to show")
     model.eval()
     device = next(model.parameters()).device
-    dtype = next(model.sti.parameters()).dtype
+    dtype = model.sti.patch_proj.weight.dtype
     bank = bank.to(device)
     clip = video.to(device, dtype).unsqueeze(0)
     frame_feats, patches = model.encode_video(clip)  # [1, T, D], [1, T, Np, D]

@@ -10,6 +10,12 @@ For a batch of B videos and C classes::
     f_st[b,c]     = sum over t of S_temp[b,c,t] v[b,t]
 
 Inputs (v, P, A and the class embeddings z) are L2-normalised first unless ``normalize=False``.
+
+The paper's ablations (its Table 4) are switches of the module: ``spatial=False`` sets
+``S_sp = 1`` in ``G``; ``temporal=False`` weights the frames by ``S_sp`` itself
+(``f[b,c] = sum_t S_sp[b,c,t] v[b,t]``); with both off the video is the mean of its frames.
+Every variant ends in the same cosine, ``cos(z_c, sum_t w[b,c,t] v[b,t])`` with the frame weights
+``w`` of the variant, so every backend of the fused similarity op serves all four.
 """
 
 from __future__ import annotations
@@ -56,6 +62,9 @@ class STIModule(nn.Module):
         fused: use the fused ops (patch projection with the spatial double max, then the
             temporal saliency and the similarity); ``False`` runs the plain PyTorch formulation
             (the spatial double max still uses ``spatial_maxsim``). Results agree up to rounding.
+        spatial: the spatial interaction (``False``: ``S_sp = 1``; no patch projection).
+        temporal: the temporal interaction (``False``: the frames are weighted by ``S_sp``;
+            with ``spatial=False`` too, the module is mean pooling and has no parameters).
     """
 
     def __init__(
@@ -65,6 +74,8 @@ class STIModule(nn.Module):
         normalize: bool = True,
         backend: str = "auto",
         fused: bool = True,
+        spatial: bool = True,
+        temporal: bool = True,
     ):
         super().__init__()
         if temperature <= 0:
@@ -74,19 +85,24 @@ class STIModule(nn.Module):
         self.normalize = normalize
         self.backend = backend
         self.fused = fused
-        self.patch_proj = nn.Linear(dim, dim)
-        self.word_proj = nn.Linear(dim, dim)
+        self.spatial = bool(spatial)
+        self.temporal = bool(temporal)
+        # Only the projections a variant uses exist (unused parameters would break DDP).
+        self.patch_proj = nn.Linear(dim, dim) if self.spatial else None
+        self.word_proj = nn.Linear(dim, dim) if self.spatial or self.temporal else None
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
         # Identity start: before training, S_sp is the best cosine between (rectified) CLIP
         # patch and word features, which is already meaningful with pretrained CLIP.
         for layer in (self.patch_proj, self.word_proj):
-            nn.init.eye_(layer.weight)
-            nn.init.zeros_(layer.bias)
+            if layer is not None:
+                nn.init.eye_(layer.weight)
+                nn.init.zeros_(layer.bias)
 
     def extra_repr(self) -> str:
-        return f"dim={self.dim}, temperature={self.temperature}, normalize={self.normalize}"
+        return (f"dim={self.dim}, temperature={self.temperature}, normalize={self.normalize}, "
+                f"spatial={self.spatial}, temporal={self.temporal}")
 
     # ---------------------------------------------------------------------------------------
 
@@ -144,13 +160,23 @@ class STIModule(nn.Module):
     def saliency(
         self, frames: Tensor, patches: Tensor, words: Tensor, word_mask: Tensor
     ) -> Tuple[Tensor, Tensor, Tensor]:
-        """``(S_sp, S_temp, frames_used)``: the spatial and temporal scores ``[B, C, T]`` and the
-        (normalised) frame features they weight."""
+        """``(S_sp, S_temp, frames_used)``: the spatial scores and the frame weights ``[B, C, T]``
+        and the (normalised) frame features they weight. Without the temporal interaction the
+        frame weights are ``S_sp`` (with neither step, ``1/T``); without the spatial one,
+        ``S_sp = 1``."""
         self._check(frames, patches, words, word_mask)
         if self.normalize:
             frames = F.normalize(frames, dim=-1)
-        projected_words = self._project(words, self.word_proj)
-        s_sp = self.spatial_scores(patches, projected_words, word_mask)
+        B, T = frames.shape[:2]
+        C = words.shape[0]
+        projected_words = self._project(words, self.word_proj) if self.word_proj is not None else None
+        if self.spatial:
+            s_sp = self.spatial_scores(patches, projected_words, word_mask)
+        else:
+            s_sp = frames.new_ones(B, C, T)
+        if not self.temporal:
+            weights = s_sp if self.spatial else frames.new_full((B, C, T), 1.0 / T)
+            return s_sp, weights, frames
         if self.fused:
             s_temp = _temporal_ops.temporal_saliency(
                 s_sp, frames, projected_words, word_mask, self.temperature, backend=self.backend

@@ -3,8 +3,16 @@
 ``TextEncoder(prompts) -> ClassBank(class_emb [C, D], words [C, Nw, D], word_mask [C, Nw])``:
 ``class_emb`` is CLIP's usual text embedding (end-of-text token after ``ln_final`` and
 ``text_projection``); ``words`` holds every token position after the same two steps, and
-``word_mask`` keeps the real word tokens (after start-of-text, before end-of-text), dropping
-padding. ``Nw`` is trimmed to the longest prompt of the bank, so padding costs nothing downstream.
+``word_mask`` says which positions count as words in the STI matches (padding never does).
+``Nw`` is trimmed to the longest prompt of the bank, so padding costs nothing downstream.
+
+Which tokens count (``word_tokens``, docs/method.md section 2):
+
+- ``"class_and_attributes"`` (default): the class-name and attribute tokens only; the template's
+  own words (``This is a video about``, the final ``.``) and punctuation (the commas between
+  attributes) are masked. With them counted, the patch-word maximum is won by ``a``, ``is`` and
+  ``,`` on background patches (docs/training.md, demo section, has the measurement);
+- ``"sentence"``: every token between start- and end-of-text (the paper's literal reading).
 """
 
 from __future__ import annotations
@@ -16,6 +24,15 @@ import torch
 from torch import Tensor, nn
 
 from stzsar.text.prompts import DEFAULT_TEMPLATE
+
+#: The word sets of the STI matches (see the module docstring).
+WORD_TOKENS = ("class_and_attributes", "sentence")
+
+
+def check_word_tokens(word_tokens: str) -> str:
+    if word_tokens not in WORD_TOKENS:
+        raise ValueError(f"word_tokens must be one of {', '.join(WORD_TOKENS)}; got {word_tokens!r}")
+    return word_tokens
 
 
 @dataclass
@@ -74,7 +91,7 @@ class TextEncoder(nn.Module):
         attn_mask: Optional[Tensor],
         tokenizer,
         template: str = DEFAULT_TEMPLATE,
-        template_words: bool = True,
+        word_tokens: str = "class_and_attributes",
     ):
         super().__init__()
         self.token_embedding = token_embedding
@@ -89,7 +106,7 @@ class TextEncoder(nn.Module):
         self.tokenizer = tokenizer
         self.context_length = positional_embedding.shape[0]
         self.template = template
-        self.template_words = template_words
+        self.word_tokens = check_word_tokens(word_tokens)
         for param in self.parameters():
             param.requires_grad = False
 
@@ -121,12 +138,25 @@ class TextEncoder(nn.Module):
         return self.tokenizer(list(prompts))
 
     def _template_token_counts(self):
-        """Tokens the template adds before and after the class text (for ``template_words=False``)."""
+        """Tokens the template adds before and after the class text."""
         prefix, _, suffix = self.template.partition("{}")
         encode = self.tokenizer.encode if hasattr(self.tokenizer, "encode") else None
         if encode is None:
             return 0, 0
         return len(encode(prefix.strip())) if prefix.strip() else 0, len(encode(suffix.strip())) if suffix.strip() else 0
+
+    def _punctuation(self, tokens: Tensor) -> Tensor:
+        """``[C, L]`` True where a token is punctuation (its text has no letter or digit)."""
+        decoder = getattr(self.tokenizer, "decoder", None)
+        ids = tokens.unique().tolist()
+        if decoder is not None:
+            text = {i: decoder.get(i, "") for i in ids}
+        elif hasattr(self.tokenizer, "decode"):
+            text = {i: self.tokenizer.decode([i]) for i in ids}
+        else:  # no way to read tokens back: nothing is called punctuation
+            return torch.zeros_like(tokens, dtype=torch.bool)
+        marks = [i for i, piece in text.items() if not any(ch.isalnum() for ch in piece.replace("</w>", ""))]
+        return torch.isin(tokens, torch.tensor(marks, dtype=tokens.dtype, device=tokens.device))
 
     def _project(self, x: Tensor) -> Tensor:
         proj = self.text_projection
@@ -147,11 +177,16 @@ class TextEncoder(nn.Module):
         last = int(eot.max())
         words = x[:, 1:last]  # positions between start-of-text and the longest end-of-text
         position = torch.arange(1, last, device=device).unsqueeze(0)
-        first_word, end = torch.ones_like(eot), eot
-        if not self.template_words:
+        sentence = (position >= 1) & (position < eot.unsqueeze(1))
+        word_mask = sentence
+        if self.word_tokens == "class_and_attributes":
             before, after = self._template_token_counts()
-            first_word, end = first_word + before, eot - after
-        word_mask = (position >= first_word.unsqueeze(1)) & (position < end.unsqueeze(1))
+            inside = (position >= 1 + before) & (position < (eot - after).unsqueeze(1))
+            word_mask = inside & ~self._punctuation(tokens[:, 1:last])
+            # A prompt left without a word (a template-only or punctuation-only class text) keeps
+            # its sentence rather than fail later in the STI.
+            empty = ~word_mask.any(dim=1, keepdim=True)
+            word_mask = torch.where(empty, sentence, word_mask)
         return ClassBank(class_emb, words.contiguous(), word_mask, list(prompts))
 
     def forward(self, prompts: Sequence[str]) -> ClassBank:
