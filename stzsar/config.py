@@ -450,12 +450,14 @@ def apply_overrides(config: Config, overrides: Iterable[str], source: str = "--s
     return config_from_dict(values, base=config, source=source)
 
 
-def load_config(path: Optional[PathLike] = None, overrides: Iterable[str] = ()) -> Config:
-    """Defaults, then the YAML file ``path`` (if any), then the ``overrides``; then validated."""
-    config = Config()
+def load_config(path: Optional[PathLike] = None, overrides: Iterable[str] = (),
+                base: Optional[Config] = None) -> Config:
+    """``base`` (default: the defaults), then the YAML file ``path`` (if any), then the
+    ``overrides``; then validated. The file and the overrides change only the keys they name."""
+    config = copy.deepcopy(base) if base is not None else Config()
     if path is not None:
         path = Path(path)
-        config = config_from_dict(_read_yaml(path), source=str(path))
+        config = config_from_dict(_read_yaml(path), base=config, source=str(path))
     config = apply_overrides(config, overrides)
     validate_config(config)
     return config

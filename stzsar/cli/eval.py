@@ -24,9 +24,22 @@ Examples::
     # several GPUs: every rank scores a shard; rank 0 writes the report
     torchrun --nproc_per_node 8 -m stzsar.cli eval ...
 
+    # the BIKE/Text4Vis protocol too: 10 random halves of the classes, from the same scoring pass
+    stzsar eval --protocol zero-shot ... --class-subsets 10
+
+    # every report again from the stored logits (no model, no videos)
+    stzsar eval report runs/eval/zero-shot-ucf101 --class-subsets 10
+
+The per-view logits of every video go to a results store under ``--out`` as the run goes; the
+same command run again with the same ``--out`` resumes an interrupted run (``--fresh`` starts
+over).
+
 Options left out fall back to ``--config FILE`` / ``--set section.key=value`` (the ``data`` and
 ``eval`` sections of :mod:`stzsar.config`), then to the checkpoint's training configuration
-(frames per clip), then to the protocol's defaults. The report (``report.json``, ``report.md``,
+(frames per clip), then to the protocol's defaults. Few-shot fine-tuning takes its settings from
+the checkpoint's training configuration, then ``--config``/``--set`` (``optim.lr``,
+``train.batch_size``, ``data.hflip``...), then ``--epochs``, ``--seed``, ``--workers``; they are
+printed and recorded in the report. The report (``report.json``, ``report.md``,
 confusion matrices, per-video predictions) goes to ``--out``.
 """
 
@@ -61,9 +74,10 @@ def _views(text: str):
     return clips, crops
 
 
-def add_model_arguments(parser: argparse.ArgumentParser) -> None:
+def add_model_arguments(parser: argparse.ArgumentParser, checkpoint_required: bool = True) -> None:
     """Options shared by ``eval``, ``predict`` and ``explain``."""
-    parser.add_argument("--checkpoint", required=True, metavar="CKPT", help="checkpoint written by stzsar train")
+    parser.add_argument("--checkpoint", required=checkpoint_required, metavar="CKPT",
+                        help="checkpoint written by stzsar train")
     parser.add_argument("--pretrained", metavar="TAG_OR_FILE",
                         help="CLIP weights for a checkpoint that stores only the trained weights, when the "
                              "reference it records cannot be reached here (e.g. a local ViT-B-16 file)")
@@ -83,9 +97,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "eval", help="zero-shot, few-shot and supervised evaluation of a checkpoint",
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
     )
+    parser.add_argument("action", nargs="?", metavar="report",
+                        help="'report DIR': rebuild every report of DIR from its results store "
+                             "(no model, no videos); with --class-subsets, --out")
+    parser.add_argument("report_dir", nargs="?", metavar="DIR", help=argparse.SUPPRESS)
     parser.add_argument("--protocol", choices=("zero-shot", "few-shot", "supervised"),
                         help="default: eval.protocol of the config (zero-shot)")
-    add_model_arguments(parser)
+    add_model_arguments(parser, checkpoint_required=False)
     data = parser.add_argument_group("data")
     data.add_argument("--dataset", help="ucf101, hmdb51, k600, k400 or another name (picks the paper's "
                       "number to compare with; default: guessed from the list path)")
@@ -103,15 +121,26 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     run.add_argument("--batch-size", type=int, help="videos per batch per rank (default: eval.batch_size)")
     run.add_argument("--workers", type=int, help="decoding workers per rank (default: data.num_workers)")
     run.add_argument("--class-chunk", type=int, default=0, help="classes per STI call (0: automatic)")
-    run.add_argument("--out", help="report folder (default: runs/eval/<protocol>-<dataset>)")
+    run.add_argument("--out", help="report folder, with the results store in <out>/store (default: "
+                     "runs/eval/<protocol>-<dataset>); the same --out resumes an interrupted run")
+    run.add_argument("--fresh", action="store_true", help="delete the results store of --out and start over")
+    run.add_argument("--flush-every", type=int, default=4, metavar="N",
+                     help="batches between two writes of the results store (default 4)")
     run.add_argument("--no-progress", action="store_true", help="no progress bar")
     run.add_argument("--config", metavar="YAML", help="configuration file (data and eval sections are read)")
     run.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                      help="configuration override, e.g. --set eval.batch_size=32 (repeatable)")
+    subsets = parser.add_argument_group("class subsets (BIKE/Text4Vis protocol)")
+    subsets.add_argument("--class-subsets", type=int, metavar="N",
+                         help="also report N random class subsets: mean ± std over the draws, from the same logits")
+    subsets.add_argument("--subset-fraction", type=float, default=0.5, metavar="F",
+                         help="fraction of the classes per draw (default 0.5)")
+    subsets.add_argument("--subset-seed", type=int, default=0, help="seed of the draws (default 0)")
     few = parser.add_argument_group("few-shot")
     few.add_argument("--shots", type=_int_list, help="K values (default 2,4,8,16)")
-    few.add_argument("--epochs", type=int, help="fine-tuning epochs per K (default 50)")
-    few.add_argument("--seed", type=int, default=None, help="seed of the K-shot draw and of training")
+    few.add_argument("--epochs", type=int, help="fine-tuning epochs per K (default: eval.fewshot_epochs, 50)")
+    few.add_argument("--seed", type=int, default=None, help="seed of the K-shot draw and of training "
+                     "(default: train.seed of the checkpoint's configuration)")
     few.add_argument("--train-list", metavar="PATH", help="training list the K-shot subsets are drawn from")
     parser.set_defaults(func=run_eval)
 
@@ -138,6 +167,7 @@ def build_eval_split(fmt: str, list_path: str, labels: Optional[str], root: str,
     """An :class:`~stzsar.eval.protocols.EvalSplit` over :class:`stzsar.data.VideoDataset`."""
     from stzsar.data import VideoDataset, build_split
     from stzsar.eval.protocols import EvalSplit
+    from stzsar.eval.store import json_digest
 
     list_file, label_file = _fill(list_path, split), _fill(labels, split)
     video_split = build_split(fmt, list_file, root, labels=label_file, split=split, subset=subset,
@@ -149,6 +179,7 @@ def build_eval_split(fmt: str, list_path: str, labels: Optional[str], root: str,
         dataset=dataset,
         source=f"{list_file}" + (f" (classes: {label_file})" if label_file else ""),
         video_path=lambda index, s=video_split: str(s.videos[index].path),
+        videos_digest=json_digest([[str(v.path), int(v.label)] for v in video_split.videos]),
     ), video_split
 
 
@@ -168,9 +199,20 @@ def run_eval(args: argparse.Namespace) -> int:
                                      load_checkpoint_model, resolve_num_frames)
     from stzsar.eval import protocols
     from stzsar.eval.report import canonical_dataset, write_report
+    from stzsar.eval.rebuild import add_class_subsets, save_run_file, store_root
+    from stzsar.eval.store import clear_store, file_digest
 
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     logging.getLogger("stzsar").setLevel(logging.INFO)  # ours at INFO; open_clip's chatter stays out
+    if args.action is not None:
+        return run_report(args)
+    if not args.checkpoint:
+        print("stzsar eval: --checkpoint is required (or 'stzsar eval report DIR' to rebuild reports)",
+              file=sys.stderr)
+        return 2
+    if args.flush_every < 1 or (args.class_subsets is not None and args.class_subsets < 1):
+        print("stzsar eval: --flush-every and --class-subsets must be >= 1", file=sys.stderr)
+        return 2
     try:
         config = load_config(args.config, args.set)
     except ConfigError as error:
@@ -217,6 +259,7 @@ def run_eval(args: argparse.Namespace) -> int:
             precision=args.precision or "auto",
             class_chunk=args.class_chunk,
             progress=not args.no_progress,
+            flush_every=args.flush_every,
         )
         device = resolve_device(settings.device, context)
         model, meta = load_checkpoint_model(args.checkpoint, device=device, pretrained=args.pretrained)
@@ -236,6 +279,15 @@ def run_eval(args: argparse.Namespace) -> int:
             "world_size": context.world_size,
             "template": model.config.template,
         }
+        # What the stored logits depend on besides the split (classes, attributes, videos) and the
+        # precision (added by the engine): a resumed run must match it.
+        identity = {"model": model.config.name, "checkpoint": f"sha256:{file_digest(args.checkpoint)}",
+                    "pretrained": args.pretrained, "num_frames": num_frames, "views": list(views),
+                    "image_size": model.image_size, "template": model.config.template}
+        out = Path(args.out or f"runs/eval/{protocol}-{dataset_name}")
+        store_dir = store_root(out)
+        if args.fresh and context.is_main:
+            clear_store(store_dir)
         eval_splits, video_splits = [], []
         for number in splits:
             subset = "test" if fmt in ("ucf101", "hmdb51") else cdata.val_subset
@@ -244,12 +296,16 @@ def run_eval(args: argparse.Namespace) -> int:
             check_attributes_cover(eval_split.classes, attributes, eval_split.name)
             eval_splits.append(eval_split)
             video_splits.append(video_split)
+        stored = dict(store_dir=store_dir, identity=identity)
+        topk = list(ceval.topk)
+        if protocol != "few-shot" and context.is_main:
+            save_run_file(out, protocol, dataset_name, [s.name for s in eval_splits], run_meta, topk)
         if protocol == "zero-shot":
             run = protocols.zero_shot(model, eval_splits, dataset=dataset_name, attributes=attributes,
-                                      cache=cache, settings=settings, context=context, meta=run_meta)
+                                      cache=cache, settings=settings, context=context, meta=run_meta, **stored)
         elif protocol == "supervised":
             run = protocols.supervised(model, eval_splits[0], dataset=dataset_name, attributes=attributes,
-                                       cache=cache, settings=settings, context=context, meta=run_meta)
+                                       cache=cache, settings=settings, context=context, meta=run_meta, **stored)
         else:
             train_list = args.train_list or cdata.train_list
             if not train_list:
@@ -261,19 +317,30 @@ def run_eval(args: argparse.Namespace) -> int:
             train_subset = "train" if fmt in ("ucf101", "hmdb51") else cdata.train_subset
             train_split = build_split(fmt, _fill(train_list, number), root, labels=_fill(labels, number),
                                       split=number, subset=train_subset)
-            seed = _option(args.seed, config.train.seed)
-            epochs = _option(args.epochs, ceval.fewshot_epochs)
+            from stzsar.eval.fewshot import SOURCE, finetune_config, shown_settings
+
+            ft_config = finetune_config(meta, args.config, args.set, epochs=args.epochs, seed=args.seed,
+                                        num_workers=args.workers, num_frames=num_frames, device=args.device,
+                                        precision=args.precision)
             shots = args.shots or ceval.shots
-            out_dir = Path(args.out or f"runs/eval/few-shot-{dataset_name}")
-            config.data.num_frames = num_frames
-            finetune = protocols.trainer_finetune(config, args.checkpoint, train_split, epochs=epochs, seed=seed,
-                                                  attributes=attributes, pretrained=args.pretrained)
-            run_meta.update(shots=list(shots), epochs=epochs, seed=seed, train_list=_fill(train_list, number))
-            run = protocols.few_shot(shots, finetune, eval_splits[0], output_dir=out_dir / "finetune",
+            shown = shown_settings(ft_config)
+            if context.is_main:
+                print(f"few-shot fine-tuning settings ({SOURCE}):\n  "
+                      + "\n  ".join(f"{k} = {v}" for k, v in shown.items()), flush=True)
+            finetune = protocols.trainer_finetune(ft_config, args.checkpoint, train_split, attributes=attributes,
+                                                  pretrained=args.pretrained)
+            run_meta.update(shots=list(shots), epochs=ft_config.train.epochs, seed=ft_config.train.seed,
+                            train_list=_fill(train_list, number),
+                            finetune={"source": SOURCE, "settings": shown, "per_k": finetune.notes})
+            if context.is_main:
+                save_run_file(out, protocol, dataset_name, [f"K={k}" for k in shots], run_meta, topk)
+            run = protocols.few_shot(shots, finetune, eval_splits[0], output_dir=out / "finetune",
                                      dataset=dataset_name, attributes=attributes, cache=cache, settings=settings,
-                                     context=context, meta=run_meta)
+                                     context=context, meta=run_meta, **stored)
         if context.is_main:
-            out = Path(args.out or f"runs/eval/{protocol}-{dataset_name}")
+            save_run_file(out, protocol, dataset_name, list(run.results), run.meta, topk)
+            if args.class_subsets:
+                add_class_subsets(run, out, args.class_subsets, args.subset_fraction, args.subset_seed)
             written = write_report(run, out)
             print((out / "report.md").read_text().split("\n## ")[0].rstrip())
             print(f"\nreport: {written['markdown']} and {written['json']}")
@@ -283,10 +350,35 @@ def run_eval(args: argparse.Namespace) -> int:
         print(f"stzsar eval: {error.path}: {error.reason} (--strict stops at the first unreadable video)",
               file=sys.stderr)
         return 1
-    except (FileNotFoundError, ValueError, KeyError, CheckpointError, PretrainedWeightsUnavailable) as error:
+    except (FileNotFoundError, ValueError, KeyError, CheckpointError, PretrainedWeightsUnavailable,
+            ConfigError) as error:
         # Bad inputs (missing files, malformed lists, unknown classes, unusable checkpoints) are
         # reported in one line; their messages name the file and the line or class.
         print(f"stzsar eval: {error.args[0] if isinstance(error, KeyError) else error}", file=sys.stderr)
         return 2
     finally:
         context.close()
+
+
+def run_report(args: argparse.Namespace) -> int:
+    """``stzsar eval report DIR``: every report of DIR again, from its results store."""
+    from stzsar.eval.rebuild import add_class_subsets, load_run
+    from stzsar.eval.report import write_report
+
+    if args.action != "report" or not args.report_dir:
+        print(f"stzsar eval: unknown action {args.action!r}; 'stzsar eval report DIR' rebuilds the reports "
+              "of DIR", file=sys.stderr)
+        return 2
+    source = Path(args.report_dir)
+    try:
+        run = load_run(source)
+        if args.class_subsets:
+            add_class_subsets(run, source, args.class_subsets, args.subset_fraction, args.subset_seed)
+        out = Path(args.out) if args.out else source
+        written = write_report(run, out)
+    except (FileNotFoundError, ValueError, RuntimeError) as error:
+        print(f"stzsar eval report: {error}", file=sys.stderr)
+        return 2
+    print((out / "report.md").read_text().split("\n## ")[0].rstrip())
+    print(f"\nreport: {written['markdown']} and {written['json']}")
+    return 0

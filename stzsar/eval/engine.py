@@ -27,7 +27,8 @@ from torch import Tensor
 from torch.utils.data import DataLoader, Dataset
 
 from stzsar.eval.distributed import DistContext, gather_meter, shard_indices
-from stzsar.eval.meter import EvalResult, MultiViewMeter
+from stzsar.eval.meter import EvalResult, MultiViewMeter, view_probs
+from stzsar.eval.store import SplitStore, result_from_records
 from stzsar.text import ClassBank
 
 logger = logging.getLogger(__name__)
@@ -51,6 +52,8 @@ class EvalSettings:
             or ``fp16``.
         class_chunk: classes scored per STI call (0: chosen from the batch and bank sizes).
         progress: show a progress bar (videos/s and ETA) on the main rank.
+        prefetch: batches each decoding worker prepares ahead (decoding overlaps the model).
+        flush_every: batches between two writes of the results store (when there is one).
     """
 
     batch_size: int = 16
@@ -59,6 +62,8 @@ class EvalSettings:
     precision: str = "auto"
     class_chunk: int = 0
     progress: bool = True
+    prefetch: int = 4
+    flush_every: int = 4
 
     def __post_init__(self) -> None:
         if self.batch_size < 1:
@@ -69,6 +74,8 @@ class EvalSettings:
             raise ValueError(f"precision must be one of {PRECISIONS}, got {self.precision!r}")
         if self.class_chunk < 0:
             raise ValueError(f"class_chunk must be >= 0, got {self.class_chunk}")
+        if self.prefetch < 1 or self.flush_every < 1:
+            raise ValueError(f"prefetch and flush_every must be >= 1, got {self.prefetch}, {self.flush_every}")
 
 
 def resolve_device(name: str = "auto", context: Optional[DistContext] = None) -> torch.device:
@@ -126,7 +133,7 @@ def class_logits(model, frames: Tensor, patches: Tensor, bank: ClassBank, class_
 
 
 @torch.no_grad()
-def score_batch(
+def batch_logits(
     model,
     video: Tensor,
     bank: ClassBank,
@@ -135,7 +142,7 @@ def score_batch(
     amp_dtype: Optional[torch.dtype] = None,
     class_chunk: int = 0,
 ) -> Tensor:
-    """Class probabilities ``[B, V, C]`` of a batch ``[B, T, 3, H, W]`` or ``[B, V, T, 3, H, W]``."""
+    """Float32 class logits ``[B, V, C]`` of a batch ``[B, T, 3, H, W]`` or ``[B, V, T, 3, H, W]``."""
     if video.dim() == 5:
         video = video.unsqueeze(1)
     if video.dim() != 6:
@@ -146,7 +153,14 @@ def score_batch(
         # The ViT runs once per clip; only the STI and the similarity see the classes.
         frames, patches = model.encode_video(clips)
         logits = class_logits(model, frames, patches, bank, class_chunk)
-    return logits.float().softmax(dim=-1).view(B, V, -1)
+    return logits.float().view(B, V, -1)
+
+
+def score_batch(model, video: Tensor, bank: ClassBank, *, device: torch.device,
+                amp_dtype: Optional[torch.dtype] = None, class_chunk: int = 0) -> Tensor:
+    """Class probabilities ``[B, V, C]`` of a batch (softmax over all classes of each view)."""
+    return view_probs(batch_logits(model, video, bank, device=device, amp_dtype=amp_dtype,
+                                   class_chunk=class_chunk))
 
 
 def _is_skip(item: Any) -> bool:
@@ -203,29 +217,45 @@ def score_batches(
     model,
     batches: Iterable[Dict[str, Any]],
     bank: ClassBank,
-    meter: MultiViewMeter,
+    meter: Optional[MultiViewMeter],
     *,
     device: torch.device,
     amp_dtype: Optional[torch.dtype] = None,
     class_chunk: int = 0,
     progress=None,
     log_name: str = "evaluation",
+    store: Optional[SplitStore] = None,
 ) -> None:
-    """Score every batch into ``meter``; skipped videos are logged once and recorded there."""
-    for batch in batches:
-        for item in batch.get("skipped", ()):
-            logger.warning("%s: video %d skipped (%s): %s", log_name, item.index, item.path, item.reason)
-            meter.skip(item.index, item.path, item.reason)
-        count = int(batch["label"].numel())
-        if count:
-            probs = score_batch(model, batch["video"], bank, device=device, amp_dtype=amp_dtype,
-                                class_chunk=class_chunk)
-            paths = batch.get("paths")
-            meter.update(probs, batch["label"], batch["index"],
-                         paths=paths if paths and all(p is not None for p in paths) else None)
-        if progress is not None:
-            progress.update(count + len(batch.get("skipped", ())))
-            progress.set_postfix(skipped=len(meter.skipped), refresh=False)
+    """Score every batch into ``meter`` and/or ``store``; skipped videos are logged once and
+    recorded there. The store is flushed every ``store.flush_every`` batches and when the loop
+    ends, also by an exception (Ctrl-C): only the batch being scored is lost."""
+    skipped = 0
+    try:
+        for batch in batches:
+            for item in batch.get("skipped", ()):
+                logger.warning("%s: video %d skipped (%s): %s", log_name, item.index, item.path, item.reason)
+                for sink in (meter, store):
+                    if sink is not None:
+                        sink.skip(item.index, item.path, item.reason)
+            skipped += len(batch.get("skipped", ()))
+            count = int(batch["label"].numel())
+            if count:
+                logits = batch_logits(model, batch["video"], bank, device=device, amp_dtype=amp_dtype,
+                                      class_chunk=class_chunk)
+                paths = batch.get("paths")
+                paths = paths if paths and all(p is not None for p in paths) else None
+                if meter is not None:
+                    meter.update(view_probs(logits), batch["label"], batch["index"], paths=paths)
+                if store is not None:
+                    store.add(logits, batch["label"], batch["index"], paths)
+            if store is not None:
+                store.batch_done()
+            if progress is not None:
+                progress.update(count + len(batch.get("skipped", ())))
+                progress.set_postfix(skipped=skipped, refresh=False)
+    finally:
+        if store is not None:
+            store.flush()
 
 
 def evaluate(
@@ -238,11 +268,17 @@ def evaluate(
     context: Optional[DistContext] = None,
     description: str = "eval",
     topk: Sequence[int] = (1, 5),
+    store: Optional[SplitStore] = None,
 ) -> EvalResult:
     """Score ``dataset`` (sharded over the ranks of ``context``) and return the gathered result.
 
     Every rank returns the same :class:`EvalResult`; each video is scored or skipped on exactly
     one rank (checked).
+
+    With a ``store`` (:class:`~stzsar.eval.store.SplitStore`), the per-view logits are written as
+    the run goes; videos an earlier run of the same configuration stored are not decoded again
+    (their count is the result's ``resumed_videos``), and the result is computed from the store,
+    which every rank must see (a shared file system under several nodes).
     """
     settings = settings or EvalSettings()
     context = context or DistContext()
@@ -253,22 +289,48 @@ def evaluate(
     model.eval()
     model.to(device)
     bank = bank.to(device)
-    indices = shard_indices(len(dataset), context.rank, context.world_size)
+    done: set = set()
+    if store is not None:
+        store.identity["precision"] = resolved_precision(amp_dtype)  # "auto" means different things per machine
+        store.identity.setdefault("num_videos", len(dataset))
+        store.flush_every = settings.flush_every
+        done = store.open(context)
+        if done and context.is_main:
+            logger.info("%s: %d of %d videos read back from %s", description, len(done), len(dataset),
+                        store.directory)
+    remaining = [i for i in range(len(dataset)) if i not in done]
+    # Shard positions of the remaining list, so that any number of ranks resumes any store.
+    indices = [remaining[p] for p in shard_indices(len(remaining), context.rank, context.world_size)]
+    workers = settings.num_workers
     loader = DataLoader(
         IndexedShard(dataset, indices),
         batch_size=settings.batch_size,
         shuffle=False,
-        num_workers=settings.num_workers,
+        num_workers=workers,
         collate_fn=collate_eval,
         pin_memory=device.type == "cuda",
+        prefetch_factor=settings.prefetch if workers else None,
     )
-    meter = MultiViewMeter(class_names, topk=topk)
+    meter = MultiViewMeter(class_names, topk=topk) if store is None else None
     bar = _progress(len(indices), description, settings.progress and context.is_main)
     try:
         score_batches(model, loader, bank, meter, device=device, amp_dtype=amp_dtype,
-                      class_chunk=settings.class_chunk, progress=bar, log_name=description)
+                      class_chunk=settings.class_chunk, progress=bar, log_name=description, store=store)
     finally:
         if bar is not None:
             bar.close()
-    merged = gather_meter(meter, context, expected=len(dataset))
-    return merged.compute()
+    if store is None:
+        merged = gather_meter(meter, context, expected=len(dataset))
+        return merged.compute()
+    if context.distributed:
+        import torch.distributed as dist
+
+        dist.barrier()  # every rank's last part is written
+    if context.is_main:
+        store.remove_temporary_files()
+    return result_from_records(store.read(), class_names, topk, expected=len(dataset), resumed_videos=len(done))
+
+
+def resolved_precision(amp_dtype: Optional[torch.dtype]) -> str:
+    """``fp32``, ``bf16`` or ``fp16``: the arithmetic actually used."""
+    return {None: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16"}[amp_dtype]

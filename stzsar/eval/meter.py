@@ -46,6 +46,7 @@ class EvalResult:
         video_indices, labels, predictions, top_probs: per scored video, sorted by index:
             dataset index, label, the ``k`` best classes and their averaged probabilities.
         paths: dataset index -> video path, where the loader gave paths.
+        resumed_videos: videos (scored or skipped) read back from an earlier, interrupted run.
     """
 
     class_names: List[str]
@@ -64,6 +65,7 @@ class EvalResult:
     predictions: np.ndarray = field(repr=False)
     top_probs: np.ndarray = field(repr=False)
     paths: Dict[int, str] = field(default_factory=dict, repr=False)
+    resumed_videos: int = 0
 
     @property
     def num_skipped(self) -> int:
@@ -80,7 +82,17 @@ class EvalResult:
             "videos_scored": self.num_scored,
             "videos_skipped": self.num_skipped,
             "views_per_video": list(self.views_per_video),
+            "resumed_videos": self.resumed_videos,
         }
+
+
+def view_probs(logits: Tensor) -> Tensor:
+    """Per-view class probabilities: the softmax over all classes of float32 logits.
+
+    One function for the live loop and for logits read back from the results store, so that both
+    give the same bits.
+    """
+    return logits.float().softmax(dim=-1)
 
 
 class MultiViewMeter:

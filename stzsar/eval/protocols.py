@@ -25,6 +25,7 @@ from stzsar.eval.bank_cache import BankCache, class_bank
 from stzsar.eval.distributed import DistContext
 from stzsar.eval.engine import EvalSettings, evaluate
 from stzsar.eval.meter import EvalResult, SplitSummary, summarize_splits
+from stzsar.eval.store import SplitStore, clear_store, json_digest
 
 logger = logging.getLogger(__name__)
 
@@ -33,9 +34,8 @@ PROTOCOLS = ("zero-shot", "few-shot", "supervised")
 #: Views per test video in the supervised protocol (docs/method.md section 5: 4 temporal clips x 3 crops).
 SUPERVISED_VIEWS = (4, 3)
 
-#: Few-shot K values and fine-tuning epochs of the paper (docs/method.md section 5).
+#: Few-shot K values of the paper (docs/method.md section 5); the epochs are eval.fewshot_epochs.
 FEW_SHOT_K = (2, 4, 8, 16)
-FEW_SHOT_EPOCHS = 50
 
 
 @dataclass
@@ -49,6 +49,8 @@ class EvalSplit:
             :class:`stzsar.data.dataset.VideoDataset`.
         source: where the split came from (list file), for reports.
         video_path: maps a dataset index to its file, for per-video outputs (optional).
+        videos_digest: a digest of the listed videos and labels; part of the results store's
+            identity, so that a store is not resumed over another list (optional).
     """
 
     name: str
@@ -56,6 +58,7 @@ class EvalSplit:
     dataset: Dataset
     source: str = ""
     video_path: Optional[Callable[[int], str]] = None
+    videos_digest: Optional[str] = None
 
 
 @dataclass
@@ -69,6 +72,8 @@ class ProtocolRun:
         summary: mean +- std over the zero-shot splits.
         meta: facts for the report (model, checkpoint, class lists, attribute file, views, ...).
         video_paths: per result name, a function from dataset index to file path.
+        subsets: per result name, the random class-subset protocol
+            (:class:`~stzsar.eval.subsets.SubsetResult`), when asked for.
     """
 
     protocol: str
@@ -77,6 +82,7 @@ class ProtocolRun:
     summary: Optional[SplitSummary] = None
     meta: Dict[str, Any] = field(default_factory=dict)
     video_paths: Dict[str, Callable[[int], str]] = field(default_factory=dict, repr=False)
+    subsets: Dict[str, Any] = field(default_factory=dict)
 
 
 def _bank_cache(cache: Union[BankCache, str, Path, None, bool]) -> Union[BankCache, bool]:
@@ -93,6 +99,27 @@ def _run_info(meta: Optional[Dict[str, Any]], splits: Sequence[EvalSplit]) -> Di
     return info
 
 
+def store_slug(name: str) -> str:
+    """The store folder of a result name (``split 1`` -> ``split_1``, ``K=2`` -> ``K2``)."""
+    import re
+
+    return re.sub(r"[^A-Za-z0-9._-]+", "_", name.replace("=", "")).strip("_") or "split"
+
+
+def split_store(store_dir: Union[str, Path], name: str, split: EvalSplit,
+                attributes: Optional[Dict[str, List[str]]], identity: Optional[Dict[str, Any]]) -> SplitStore:
+    """The results store of ``split`` under ``store_dir``, identified by ``identity`` (the run's
+    checkpoint, frames, views...) plus the split's classes, their attributes and its videos."""
+    from stzsar.classes import canonical_name
+
+    wanted = {canonical_name(c) for c in split.classes}
+    used = {canonical_name(k): list(v) for k, v in (attributes or {}).items() if canonical_name(k) in wanted}
+    full = {**(identity or {}), "split": name, "classes": list(split.classes), "num_classes": len(split.classes),
+            "attributes": json_digest(used) if used else None, "num_videos": len(split.dataset),
+            "videos": split.videos_digest}
+    return SplitStore(Path(store_dir) / store_slug(name), full, video_path=split.video_path)
+
+
 def evaluate_split(
     model,
     split: EvalSplit,
@@ -101,6 +128,7 @@ def evaluate_split(
     cache: Union[BankCache, str, Path, None, bool] = None,
     settings: Optional[EvalSettings] = None,
     context: Optional[DistContext] = None,
+    store: Optional[SplitStore] = None,
 ) -> EvalResult:
     """Encode the split's classes (cached), then score its videos against all of them."""
     settings = settings or EvalSettings()
@@ -108,7 +136,7 @@ def evaluate_split(
         raise ValueError(f"{split.name}: no videos to evaluate ({split.source or 'empty dataset'})")
     bank = class_bank(model, split.classes, attributes, _bank_cache(cache))
     return evaluate(model, split.dataset, bank, split.classes, settings=settings, context=context,
-                    description=split.name)
+                    description=split.name, store=store)
 
 
 def zero_shot(
@@ -121,8 +149,14 @@ def zero_shot(
     settings: Optional[EvalSettings] = None,
     context: Optional[DistContext] = None,
     meta: Optional[Dict[str, Any]] = None,
+    store_dir: Union[str, Path, None] = None,
+    identity: Optional[Dict[str, Any]] = None,
 ) -> ProtocolRun:
-    """Evaluate each split with its own classes; mean +- std of top-1/top-5 over the splits."""
+    """Evaluate each split with its own classes; mean +- std of top-1/top-5 over the splits.
+
+    ``store_dir``: write (and resume from) a results store per split there (:func:`split_store`,
+    with ``identity``).
+    """
     if not splits:
         raise ValueError("zero-shot evaluation needs at least one split")
     names = [s.name for s in splits]
@@ -130,7 +164,9 @@ def zero_shot(
         raise ValueError(f"split names must differ, got {names}")
     cache = _bank_cache(cache)
     results = {s.name: evaluate_split(model, s, attributes=attributes, cache=cache, settings=settings,
-                                      context=context) for s in splits}
+                                      context=context,
+                                      store=split_store(store_dir, s.name, s, attributes, identity)
+                                      if store_dir is not None else None) for s in splits}
     info = _run_info(meta, splits)
     return ProtocolRun("zero-shot", dataset, results, summarize_splits(results), info,
                        {s.name: s.video_path for s in splits if s.video_path})
@@ -146,9 +182,14 @@ def supervised(
     settings: Optional[EvalSettings] = None,
     context: Optional[DistContext] = None,
     meta: Optional[Dict[str, Any]] = None,
+    store_dir: Union[str, Path, None] = None,
+    identity: Optional[Dict[str, Any]] = None,
 ) -> ProtocolRun:
-    """One split, the views of its dataset (``num_clips x num_crops``) averaged per video."""
-    result = evaluate_split(model, split, attributes=attributes, cache=cache, settings=settings, context=context)
+    """One split, the views of its dataset (``num_clips x num_crops``) averaged per video
+    (``store_dir``, ``identity``: as for :func:`zero_shot`)."""
+    store = split_store(store_dir, split.name, split, attributes, identity) if store_dir is not None else None
+    result = evaluate_split(model, split, attributes=attributes, cache=cache, settings=settings, context=context,
+                            store=store)
     info = _run_info(meta, [split])
     return ProtocolRun("supervised", dataset, {split.name: result}, None, info,
                        {split.name: split.video_path} if split.video_path else {})
@@ -171,8 +212,13 @@ def few_shot(
     settings: Optional[EvalSettings] = None,
     context: Optional[DistContext] = None,
     meta: Optional[Dict[str, Any]] = None,
+    store_dir: Union[str, Path, None] = None,
+    identity: Optional[Dict[str, Any]] = None,
 ) -> ProtocolRun:
     """For each K: ``finetune(K, output_dir/K<K>)``, then evaluate ``test_split`` with that model.
+
+    With ``store_dir``, each K's logits go to a store of their own; the model is fine-tuned again
+    on every run, so these stores start afresh (their identity includes the fine-tuned checkpoint).
 
     :func:`trainer_finetune` makes ``finetune`` from a training configuration, a checkpoint and the
     training split, through :func:`stzsar.train.trainer.train`.
@@ -187,8 +233,14 @@ def few_shot(
         logger.info("few-shot K=%d: fine-tuning into %s", k, run_dir)
         model, checkpoint = finetune(int(k), run_dir)
         name = f"K={k}"
+        store = None
+        if store_dir is not None:
+            tuned = {"finetuned_checkpoint": _digest_or_none(checkpoint)}
+            store = split_store(store_dir, name, test_split, attributes, {**(identity or {}), **tuned})
+            if context is None or context.is_main:
+                clear_store(store.directory)
         results[name] = evaluate_split(model, test_split, attributes=attributes, cache=cache,
-                                       settings=settings, context=context)
+                                       settings=settings, context=context, store=store)
         checkpoints[name] = str(checkpoint) if checkpoint else None
     info = _run_info(meta, [test_split])
     info["few_shot_checkpoints"] = checkpoints
@@ -196,38 +248,60 @@ def few_shot(
     return ProtocolRun("few-shot", dataset, results, None, info, paths)
 
 
+def _digest_or_none(path: Optional[Path]) -> Optional[str]:
+    from stzsar.eval.store import file_digest
+
+    return file_digest(path) if path and Path(path).is_file() else None
+
+
 def trainer_finetune(
     config,
     checkpoint: Union[str, Path],
     train_split,
     *,
-    epochs: int = FEW_SHOT_EPOCHS,
-    seed: int = 0,
     attributes: Optional[Dict[str, List[str]]] = None,
     pretrained: Optional[str] = None,
 ) -> Finetune:
     """A ``finetune`` for :func:`few_shot` that runs :func:`stzsar.train.trainer.train`.
 
-    For each K, the model is reloaded from ``checkpoint`` (every K starts from the same weights),
+    ``config`` is the resolved fine-tuning configuration (:func:`stzsar.eval.fewshot.finetune_config`:
+    the checkpoint's training configuration, then ``--config``/``--set``, then the eval options);
+    it is used as given, but for its own ``train.output_dir`` per K and, for a K-shot set smaller
+    than one global batch, a smaller batch (logged, and noted in ``finetune.notes``).
+
+    For each K, the model is reloaded from ``checkpoint`` (every K starts from the same weights) and
     ``train_split`` (a :class:`stzsar.data.VideoSplit`) is cut to K videos per class with
-    :func:`stzsar.data.protocols.few_shot` (seeded, reproducible), and a copy of ``config`` (the
-    :class:`stzsar.config.Config` of the fine-tuning run) gets ``train.epochs = epochs``,
-    ``train.seed = seed`` and its own ``train.output_dir``.
+    :func:`stzsar.data.protocols.few_shot` (seeded by ``train.seed``, reproducible).
     """
+    import os
+
     from stzsar.data.protocols import few_shot as few_shot_subset
+    from stzsar.eval.fewshot import fitted_batch_size
     from stzsar.eval.loading import load_checkpoint_model
     from stzsar.train.trainer import train
+
+    notes: Dict[str, Dict[str, Any]] = {}
 
     def run(k: int, output_dir: Path):
         run_config = copy.deepcopy(config)
         run_config.data.shots = None  # the subset is cut here, once, from the given split
-        run_config.train.epochs = epochs
-        run_config.train.seed = seed
         run_config.train.output_dir = str(output_dir)
+        subset = few_shot_subset(train_split, k, seed=run_config.train.seed)
+        world = int(os.environ.get("WORLD_SIZE", "1"))
+        asked = run_config.train.batch_size
+        run_config.train.batch_size = fitted_batch_size(len(subset), asked, world, run_config.optim.grad_accum)
+        note = {"videos": len(subset), "batch_size": run_config.train.batch_size,
+                "subset_meta": {key: value for key, value in subset.meta.items()
+                                if isinstance(value, (str, int, float, bool, list, dict, type(None)))}}
+        if run_config.train.batch_size != asked:
+            note["note"] = (f"{len(subset)} training videos, fewer than train.batch_size={asked}: "
+                            f"trained with batches of {run_config.train.batch_size}")
+            logger.warning("few-shot K=%d: %s", k, note["note"])
+        notes[f"K={k}"] = note
         model, _ = load_checkpoint_model(checkpoint, device="cpu", pretrained=pretrained)
-        subset = few_shot_subset(train_split, k, seed=seed)
         outcome = train(run_config, dataset=subset, model=model, attributes=attributes,
                         class_names=list(train_split.classes))
         return outcome.model, outcome.checkpoint
 
+    run.notes = notes  # type: ignore[attr-defined]
     return run

@@ -230,6 +230,63 @@ def result_dict(result: EvalResult, top_confused: int = 20) -> Dict[str, Any]:
     }
 
 
+def subset_dict(subsets, class_names: Sequence[str], top_confused: int = 20) -> Dict[str, Any]:
+    """The class-subset protocol of one split (:class:`~stzsar.eval.subsets.SubsetResult`) as JSON-ready data."""
+    return {
+        "protocol": "random class subsets (BIKE/Text4Vis); not comparable with the full-class figures",
+        "draws": subsets.num_draws,
+        "fraction": subsets.fraction,
+        "seed": subsets.seed,
+        "classes_per_draw": subsets.classes_per_draw,
+        "topk": list(subsets.topk),
+        "top1_mean": subsets.top1_mean, "top1_std": subsets.top1_std,
+        "top5_mean": subsets.top5_mean, "top5_std": subsets.top5_std,
+        "per_draw": [{"classes": [class_names[c] for c in d.classes], "videos": d.videos, "top1": d.top1,
+                      "top5": d.top5} for d in subsets.draws],
+        "per_class": [{"class": name, "videos": int(n), "accuracy": _number(float(a))}
+                      for name, n, a in zip(class_names, subsets.per_class_count, subsets.per_class_accuracy)],
+        "most_confused": most_confused(subsets.confusion, class_names, top_confused),
+    }
+
+
+def _per_class_lines(class_names: Sequence[str], accuracy: np.ndarray, count: np.ndarray, label: str) -> List[str]:
+    lines = [f"{label} (worst first):", "", "| class | videos | accuracy |", "|---|---|---|"]
+    ranked = sorted(range(len(class_names)), key=lambda c: (np.nan_to_num(accuracy[c], nan=np.inf), class_names[c]))
+    lines += [f"| {class_names[c]} | {int(count[c])} | {_fmt(float(accuracy[c]))} |" for c in ranked]
+    return lines + [""]
+
+
+def _confused_lines(confusion: np.ndarray, class_names: Sequence[str], label: str) -> List[str]:
+    pairs = most_confused(confusion, class_names, 10)
+    if not pairs:
+        return []
+    lines = [f"{label} (true → predicted):", "", "| true | predicted | videos | of the true class |",
+             "|---|---|---|---|"]
+    lines += [f"| {p['true']} | {p['predicted']} | {p['count']} | {100 * p['fraction']:.0f}% |" for p in pairs]
+    return lines + [""]
+
+
+def _subset_markdown(run) -> List[str]:
+    """The class-subset table, apart from the full-class one and labelled as another protocol."""
+    if not run.subsets:
+        return []
+    first = next(iter(run.subsets.values()))
+    k_small, k_big = first.topk
+    lines = ["**Random class subsets (BIKE / Text4Vis protocol)**", "",
+             f"**Another protocol than the table above; do not compare these figures with full-class ones.** "
+             f"Each of {first.num_draws} draws (seed {first.seed}) keeps {first.fraction:g} of the classes "
+             f"({first.classes_per_draw} for the first split) and scores the videos of those classes with "
+             "predictions restricted to them; mean ± std (population) over the draws.", "",
+             f"| split | draws | classes per draw | subset top-{k_small} | subset top-{k_big} | "
+             f"full-class top-{k_small} |", "|---|---|---|---|---|---|"]
+    for name, sub in run.subsets.items():
+        full = run.results[name].top1 if name in run.results else None
+        lines.append(f"| {name} | {sub.num_draws} | {sub.classes_per_draw} | {_fmt(sub.top1_mean, sub.top1_std)} | "
+                     f"{_fmt(sub.top5_mean, sub.top5_std)} | {_fmt(full)} |")
+    lines.append("")
+    return lines
+
+
 def _fmt(value: Optional[float], std: Optional[float] = None) -> str:
     if value is None or (isinstance(value, float) and math.isnan(value)):
         return "-"
@@ -275,6 +332,18 @@ def _markdown(run, paper: Optional[Dict[str, Any]], meta: Dict[str, Any], files:
         lines += [f"Paper numbers: {paper['setting']}.", ""]
     if not paper:
         lines += ["The paper reports no number for this protocol and dataset.", ""]
+    resumed = sum(r.resumed_videos for r in run.results.values())
+    if resumed:
+        lines += [f"{resumed} video(s) were read back from the results store of an earlier, interrupted run.", ""]
+    if meta.get("finetune"):
+        tuned = meta["finetune"]
+        lines += ["Few-shot fine-tuning settings (" + str(tuned.get("source", "")) + "): "
+                  + ", ".join(f"{k}={v}" for k, v in (tuned.get("settings") or {}).items()) + ".", ""]
+        for k, note in (tuned.get("per_k") or {}).items():
+            if note.get("note"):
+                lines += [f"- {k}: {note['note']}"]
+        lines.append("")
+    lines += _subset_markdown(run)
     # Distinct files: the few-shot runs evaluate the same test split once per K.
     unreadable = {s.path for r in run.results.values() for s in r.skipped}
     if unreadable:
@@ -290,19 +359,16 @@ def _markdown(run, paper: Optional[Dict[str, Any]], meta: Dict[str, Any], files:
             lines.append(f"Confusion matrix: `{files[name]['confusion']}`; per-video predictions: "
                          f"`{files[name]['predictions']}`.")
         lines.append("")
-        pairs = most_confused(result.confusion, result.class_names, 10)
-        if pairs:
-            lines += ["Most confused (true → predicted):", "", "| true | predicted | videos | of the true class |",
-                      "|---|---|---|---|"]
-            lines += [f"| {p['true']} | {p['predicted']} | {p['count']} | {100 * p['fraction']:.0f}% |" for p in pairs]
-            lines.append("")
-        lines += ["Per-class accuracy (worst first):", "", "| class | videos | accuracy |", "|---|---|---|"]
-        ranked = sorted(range(len(result.class_names)),
-                        key=lambda c: (np.nan_to_num(result.per_class_accuracy[c], nan=np.inf), result.class_names[c]))
-        for c in ranked:
-            lines.append(f"| {result.class_names[c]} | {int(result.per_class_count[c])} | "
-                         f"{_fmt(float(result.per_class_accuracy[c]))} |")
-        lines.append("")
+        lines += _confused_lines(result.confusion, result.class_names, "Most confused")
+        lines += _per_class_lines(result.class_names, result.per_class_accuracy, result.per_class_count,
+                                  "Per-class accuracy")
+        sub = run.subsets.get(name)
+        if sub is not None:
+            lines += _confused_lines(sub.confusion, result.class_names,
+                                     "Most confused within the random class subsets, summed over the draws")
+            lines += _per_class_lines(result.class_names, sub.per_class_accuracy, sub.per_class_count,
+                                      "Per-class accuracy within the random class subsets, over the draws that "
+                                      "kept the class")
         if result.skipped:
             lines += [f"Skipped videos ({result.num_skipped}):", ""]
             lines += [f"- `{s.path}`: {s.reason}" for s in result.skipped[:50]]
@@ -357,7 +423,11 @@ def write_report(run, out_dir: PathLike, meta: Optional[Dict[str, Any]] = None) 
         "splits": splits_meta,
         "paper": paper,
         "summary": run.summary.as_dict() if run.summary is not None else None,
-        "results": {name: {**result_dict(r), "files": files[name]} for name, r in run.results.items()},
+        "resumed_videos": sum(r.resumed_videos for r in run.results.values()),
+        "results": {name: {**result_dict(r), "files": files[name],
+                           **({"class_subsets": subset_dict(run.subsets[name], r.class_names)}
+                              if name in run.subsets else {})}
+                    for name, r in run.results.items()},
     }
     json_path = out / "report.json"
     json_path.write_text(json.dumps(_clean(report), indent=2, allow_nan=False, default=_json_default) + "\n")
