@@ -62,3 +62,47 @@ def test_each_k_is_fine_tuned_on_k_videos_per_class_then_evaluated(tmp_path, cap
     markdown = (out / "report.md").read_text()
     assert "| K=2 |" in markdown and "| 63.9 |" not in markdown and "60.4 |" in markdown
     assert "1 video(s) could not be read" in markdown
+
+
+def test_fine_tuning_takes_the_checkpoint_settings_then_set_and_prints_them(tmp_path, capsys):
+    from stzsar.config import Config
+
+    trained_with = Config()
+    trained_with.optim.lr = 2e-3
+    trained_with.optim.warmup_epochs = 0.0
+    trained_with.data.hflip = 0.0
+    trained_with.train.tensorboard = False
+    trained_with.train.device = "cpu"
+    trained_with.train.max_steps = 100000  # the pre-training run's length: not inherited
+    torch.manual_seed(4)
+    start = save_checkpoint(tmp_path / "start.pt", build_model("stzsar-tiny", backend="torch"), config=trained_with)
+    videos = tmp_path / "videos"
+    videos.mkdir()
+    for i in range(4):
+        write_video(videos / f"v{i}.mp4", 5 + i, 48, 32)
+    (tmp_path / "labels.csv").write_text("id,name\n0,archery\n1,bowling\n")
+    (tmp_path / "train.txt").write_text("v0.mp4 0\nv1.mp4 0\nv2.mp4 1\nv3.mp4 1\n")
+    (tmp_path / "test.txt").write_text("v1.mp4 0\nv2.mp4 1\n")
+    out = tmp_path / "report"
+    code = main(["eval", "--protocol", "few-shot", "--shots", "2", "--epochs", "1", "--checkpoint", str(start),
+                 "--train-list", str(tmp_path / "train.txt"), "--list", str(tmp_path / "test.txt"),
+                 "--labels", str(tmp_path / "labels.csv"), "--root", str(videos), "--num-frames", "2",
+                 "--workers", "0", "--no-progress", "--no-cache", "--device", "cpu", "--out", str(out),
+                 "--set", "optim.weight_decay=0.3"])
+    assert code == 0
+    printed = capsys.readouterr().out
+    for line in ("optim.lr = 0.002", "optim.weight_decay = 0.3", "optim.warmup_epochs = 0.0", "data.hflip = 0.0",
+                 "data.num_workers = 0", "train.batch_size = 64", "train.epochs = 1"):
+        assert line in printed
+    report = json.loads((out / "report.json").read_text())
+    tuned = report["meta"]["finetune"]
+    assert tuned["settings"]["optim.lr"] == 0.002 and tuned["settings"]["data.num_workers"] == 0
+    # 2 videos x 2 classes, fewer than the batch of 64: trained with batches of 4, and said so.
+    assert tuned["per_k"]["K=2"]["batch_size"] == 4 and "fewer than train.batch_size=64" in tuned["per_k"]["K=2"]["note"]
+    assert "trained with batches of 4" in (out / "report.md").read_text()
+    # What the trainer actually used is what was printed.
+    used = read_checkpoint(report["meta"]["few_shot_checkpoints"]["K=2"])
+    assert used["config"]["optim"]["lr"] == 0.002 and used["config"]["optim"]["weight_decay"] == 0.3
+    assert used["config"]["data"]["hflip"] == 0.0 and used["config"]["data"]["num_workers"] == 0
+    assert used["config"]["train"]["batch_size"] == 4 and used["config"]["train"]["max_steps"] is None
+    assert used["step"] == 1  # one epoch of one batch of 4
