@@ -53,3 +53,22 @@ def test_logits_equal_reference_equations():
                         sti.patch_proj.weight.detach(), sti.patch_proj.bias.detach(),
                         sti.word_proj.weight.detach(), sti.word_proj.bias.detach(), sti.temperature)
     torch.testing.assert_close(logits.detach(), model.logit_scale * cos, rtol=1e-8, atol=1e-8)
+
+
+def test_no_random_init_warning_where_weights_come_later(caplog):
+    """open_clip warns 'No pretrained weights loaded' for every model it builds without weights;
+    build_model keeps that out of the log (checkpoint loads print it otherwise)."""
+    import logging
+
+    import open_clip
+
+    from stzsar.model import build_model, register_model_configs
+
+    register_model_configs()
+    with caplog.at_level(logging.WARNING):
+        open_clip.create_model("stzsar-tiny", pretrained=None)
+    assert any("No pretrained weights" in r.getMessage() for r in caplog.records)  # the check can fail
+    caplog.clear()
+    with caplog.at_level(logging.WARNING):
+        build_model("stzsar-tiny", pretrained=None)
+    assert not [r.getMessage() for r in caplog.records if "pretrained" in r.getMessage()]
