@@ -109,8 +109,14 @@ def _read_json(path: Path, text: str) -> List[str]:
 
 
 def read_class_list(path: PathLike) -> List[str]:
-    """Read a class list in any supported format; the list index is the class index."""
-    path = Path(path)
+    """Read a class list in any supported format; the list index is the class index.
+
+    ``path`` may also be a built-in name (``ucf101``, ``k600-split1``, ...: :mod:`stzsar.resources`);
+    a file of that name wins.
+    """
+    from stzsar.resources import resolve_class_list
+
+    path = resolve_class_list(path)
     if not path.is_file():
         raise FileNotFoundError(f"class list not found: {path}")
     text = path.read_text(encoding="utf-8-sig")

@@ -68,9 +68,12 @@ class AttributeFileError(ValueError):
 def read_attributes_file(path: PathLike) -> Tuple[Dict[str, List[str]], Dict[str, object]]:
     """``(attributes, header)`` from an attributes file; a plain ``{class: [..]}`` map has an empty header.
 
-    A value may also be one comma-separated string (handy when editing by hand).
+    A value may also be one comma-separated string (handy when editing by hand). ``path`` may be a
+    built-in name (``ucf101``, ``k600-split1``, ...: :mod:`stzsar.resources`); a file of that name wins.
     """
-    path = Path(path)
+    from stzsar.resources import resolve_attributes
+
+    path = resolve_attributes(path)
     if not path.is_file():
         raise FileNotFoundError(f"attributes file not found: {path}")
     try:

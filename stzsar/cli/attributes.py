@@ -5,6 +5,9 @@ Examples::
     # offline (default): deterministic, no network
     stzsar attributes --classes ucf_labels.csv --descriptions ucf101_label_defn.json --out ucf101_attributes.json
 
+    # a built-in class list; its ER-ZSAR descriptions are fetched (checksum-pinned) into the user cache
+    stzsar attributes --dataset ucf101 --out ucf101_attributes.json
+
     # an LLM, hosted or local (vLLM, Ollama, llama.cpp: anything OpenAI-compatible)
     OPENAI_API_KEY=... stzsar attributes --classes ucf_labels.csv --descriptions ucf101_label_defn.json \\
         --out ucf101_attributes.json --llm-model gpt-4o-mini
@@ -18,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 from pathlib import Path
 
@@ -34,11 +38,16 @@ def register(subparsers) -> argparse.ArgumentParser:
         formatter_class=argparse.RawDescriptionHelpFormatter,
         epilog=__doc__.split("Examples::", 1)[1],
     )
-    parser.add_argument("--classes", required=True, type=Path,
-                        help="class list: text (one name a line), id,name CSV, classInd.txt or JSON list")
+    parser.add_argument("--classes", type=Path,
+                        help="class list: text (one name a line), id,name CSV, classInd.txt, JSON list, "
+                        "or a built-in name (stzsar resources list)")
+    parser.add_argument("--dataset", metavar="NAME",
+                        help="a built-in list (ucf101, hmdb51, k400, k600-added, k600-split1..3): its classes "
+                        "(unless --classes) and ER-ZSAR's descriptions (unless --descriptions), fetched into the "
+                        "user cache with a pinned SHA-256 ($STZSAR_DESCRIPTIONS_URL changes the URL base)")
     parser.add_argument("--descriptions", type=Path,
                         help="ER-ZSAR *_label_defn.json, or a JSON/CSV {class: description} map; "
-                        "without it every class uses its name alone")
+                        "without it (and without --dataset) every class uses its name alone")
     parser.add_argument("--out", required=True, type=Path, help="attributes file to write (JSON)")
     parser.add_argument("--num", type=int, default=8, help="attributes per class, Na (default 8)")
     parser.add_argument("--extractor", choices=("auto", "llm", "keybert", "yake", "rake"), default="auto",
@@ -65,7 +74,7 @@ def register(subparsers) -> argparse.ArgumentParser:
     parser.add_argument("--show-only", action="store_true",
                         help="print the prompts of the existing --out file, extract nothing")
     parser.add_argument("--template", default=None, help="prompt template for --show (default: the project's)")
-    parser.add_argument("--quiet", action="store_true", help="no progress bar")
+    parser.add_argument("--quiet", action="store_true", help="no progress bars, warnings and errors only")
     parser.set_defaults(func=run)
     return parser
 
@@ -115,6 +124,18 @@ def show_prompts(classes, attributes, num_expected=None, template=None, out=sys.
     return cut
 
 
+def _no_progress_bars() -> None:
+    """--quiet: no bars from stzsar or from the libraries it calls (sentence-transformers and
+    transformers draw their own while loading the model)."""
+    os.environ["TQDM_DISABLE"] = "1"  # every tqdm that is not given `disable=` explicitly
+    os.environ["HF_HUB_DISABLE_PROGRESS_BARS"] = "1"
+    try:
+        from transformers.utils import logging as hf_logging
+    except ImportError:
+        return
+    hf_logging.disable_progress_bar()
+
+
 def run(args) -> int:
     from stzsar.attributes import (
         ExtractionError, extract_attributes, read_attributes_file, read_descriptions,
@@ -122,19 +143,31 @@ def run(args) -> int:
     from stzsar.classes import read_class_list
 
     if not logging.getLogger().handlers:
-        logging.basicConfig(level=logging.INFO, format="%(levelname)s: %(message)s")
+        logging.basicConfig(level=logging.WARNING if args.quiet else logging.INFO,
+                            format="%(levelname)s: %(message)s")
+    if args.quiet:
+        _no_progress_bars()
     if args.num < 1:
         print("error: --num must be at least 1", file=sys.stderr)
         return 2
+    from stzsar.resources import UnknownResourceError, get
+    from stzsar.resources.descriptions import DescriptionFetchError, describe_source, fetch_descriptions
+
+    if args.classes is None and args.dataset is None:
+        print("error: give --classes FILE or --dataset NAME", file=sys.stderr)
+        return 2
     try:
-        classes = read_class_list(args.classes)
+        resource = get(args.dataset) if args.dataset else None
+        classes = read_class_list(args.classes or resource.classes_path)
         if args.show_only:
             attributes, header = read_attributes_file(args.out)
             show_prompts(classes, attributes, header.get("num"), args.template)
             return 0
+        if args.descriptions is None and resource is not None:
+            args.descriptions = fetch_descriptions(resource.name)
         descriptions = read_descriptions(args.descriptions) if args.descriptions else None
         extractor = _make_extractor(args)
-    except (OSError, ValueError) as error:
+    except (OSError, ValueError, UnknownResourceError, DescriptionFetchError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
     except ExtractionError as error:
@@ -145,7 +178,7 @@ def run(args) -> int:
         result = extract_attributes(
             classes, descriptions, extractor, num=args.num, cache=cache,
             drop_name_words=not args.keep_name_words, progress=not args.quiet, distinctive=args.distinctive,
-            source=str(args.descriptions) if args.descriptions else None,
+            source=describe_source(args.descriptions) if args.descriptions else None,
         )
     except ExtractionError as error:
         print(f"error: {error}", file=sys.stderr)

@@ -13,7 +13,7 @@ import sys
 from typing import List, Optional
 
 # Order shown in --help.
-SUBCOMMANDS = ("demo", "train", "eval", "predict", "explain", "attributes", "data")
+SUBCOMMANDS = ("demo", "train", "eval", "predict", "explain", "attributes", "data", "resources")
 
 
 def build_parser() -> argparse.ArgumentParser:

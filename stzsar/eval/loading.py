@@ -29,7 +29,9 @@ def load_attributes_file(path: Optional[PathLike]) -> Optional[Dict[str, List[st
     """
     if path is None:
         return None
-    path = Path(path)
+    from stzsar.resources import resolve_attributes
+
+    path = resolve_attributes(path)  # a built-in name (ucf101, k600-split1, ...) works too
     if not path.is_file():
         raise FileNotFoundError(f"attribute file not found: {path}")
     try:
