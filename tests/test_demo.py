@@ -37,35 +37,63 @@ def test_unseen_classes_recombine_seen_colours_and_motions():
         make_classes(colours=("red", "mauve"))
 
 
-def _centroid(frame: np.ndarray, rgb) -> np.ndarray:
-    """Centre of the pixels close to the object colour (an independent look at the drawing)."""
-    mask = np.abs(frame.astype(int) - np.array(rgb)).sum(-1) < 60
-    ys, xs = np.nonzero(mask)
+def _actor_pixels(frame: np.ndarray, rgb) -> np.ndarray:
+    """Pixels close to the actor's colour (an independent look at the drawing: distractors have
+    other colours, the clutter is grey)."""
+    return np.abs(frame.astype(int) - np.array(rgb)).sum(-1) < 60
+
+
+def _centroid(frame: np.ndarray, rgb):
+    ys, xs = np.nonzero(_actor_pixels(frame, rgb))
     if not len(xs):
         return None, 0
-    return np.array([xs.mean(), ys.mean()]), mask.sum()
+    return np.array([xs.mean(), ys.mean()]), len(xs)
 
 
-def test_rendered_motions_do_what_they_say():
+def _window(frames, rgb):
+    lit = [t for t, f in enumerate(frames) if _actor_pixels(f, rgb).any()]
+    return lit
+
+
+def test_rendered_motions_do_what_they_say_inside_their_window():
     rng = random.Random
     rgb = COLOURS["green"]
-    right = render_video("green", "moving right", 16, 36, rng(1))
-    up = render_video("green", "moving up", 16, 36, rng(1))
-    grow = render_video("green", "growing", 16, 36, rng(1))
-    blink = render_video("green", "blinking", 16, 36, rng(1))
-    assert right.shape == (16, 36, 36, 3) and right.dtype == np.uint8
-    (x0, y0), _ = _centroid(right[0], rgb)
-    (x1, y1), _ = _centroid(right[-1], rgb)
-    assert x1 - x0 > 10 and abs(y1 - y0) < 2
-    (x0, y0), _ = _centroid(up[0], rgb)
-    (x1, y1), _ = _centroid(up[-1], rgb)
-    assert y0 - y1 > 10 and abs(x1 - x0) < 2
-    assert _centroid(grow[-1], rgb)[1] > 4 * _centroid(grow[0], rgb)[1]
-    lit = [_centroid(f, rgb)[1] > 0 for f in blink]
-    assert 0 < sum(lit) < 16
+    for seed in range(4):
+        right, (first, length) = render_video("green", "moving right", 16, 36, rng(seed), return_window=True)
+        assert right.shape == (16, 36, 36, 3) and right.dtype == np.uint8
+        assert 4 <= length <= 6
+        lit = _window(right, rgb)
+        assert lit == list(range(first, first + length))  # the actor only inside its window
+        (x0, y0), _ = _centroid(right[first], rgb)
+        (x1, y1), _ = _centroid(right[first + length - 1], rgb)
+        assert x1 - x0 > 10 and abs(y1 - y0) < 2
+        up, (first, length) = render_video("green", "moving up", 16, 36, rng(seed), return_window=True)
+        (x0, y0), _ = _centroid(up[first], rgb)
+        (x1, y1), _ = _centroid(up[first + length - 1], rgb)
+        assert y0 - y1 > 10 and abs(x1 - x0) < 2
+        grow, (first, length) = render_video("green", "growing", 16, 36, rng(seed), return_window=True)
+        assert _centroid(grow[first + length - 1], rgb)[1] > 4 * _centroid(grow[first], rgb)[1]
+        blink, (first, length) = render_video("green", "blinking", 16, 36, rng(seed), return_window=True)
+        lit = [_actor_pixels(f, rgb).any() for f in blink[first:first + length]]
+        assert 0 < sum(lit) < length and not any(_actor_pixels(f, rgb).any() for f in blink[:first])
     # The same seed draws the same video; another seed another one.
     assert np.array_equal(render_video("red", "spinning", 8, 32, rng(3)), render_video("red", "spinning", 8, 32, rng(3)))
     assert not np.array_equal(render_video("red", "spinning", 8, 32, rng(3)), render_video("red", "spinning", 8, 32, rng(4)))
+
+
+def test_actor_is_small_among_distractors_of_other_colours():
+    from stzsar.demo.actions import DISTRACTOR_COLOURS
+
+    palette = {**COLOURS, **DISTRACTOR_COLOURS}
+    for seed in range(6):
+        colour = list(COLOURS)[seed % 4]
+        frames, (first, length) = render_video(colour, "moving right", 16, 36, random.Random(seed),
+                                               return_window=True)
+        frame = frames[first + length // 2]
+        actor = _actor_pixels(frame, COLOURS[colour]).mean()
+        assert 0 < actor < 0.05  # a few patches' worth at most of the 36 x 36 frame
+        others = [name for name, rgb in palette.items() if name != colour and _actor_pixels(frame, rgb).sum() >= 3]
+        assert 2 <= len(others) <= 3, others  # the distractors, each in a colour of its own
 
 
 def test_generated_files_are_the_same_for_a_seed(tmp_path):
@@ -73,10 +101,14 @@ def test_generated_files_are_the_same_for_a_seed(tmp_path):
         return {p.relative_to(root).as_posix(): hashlib.sha256(p.read_bytes()).hexdigest()
                 for p in sorted(root.rglob("*")) if p.is_file()}
 
-    a = generate_dataset(tmp_path / "a", train_per_class=1, test_per_class=1, num_frames=4, progress=False)
-    b = generate_dataset(tmp_path / "b", train_per_class=1, test_per_class=1, num_frames=4, progress=False)
+    a = generate_dataset(tmp_path / "a", train_per_class=1, test_per_class=1, unseen_per_class=2, num_frames=4,
+                         progress=False)
+    b = generate_dataset(tmp_path / "b", train_per_class=1, test_per_class=1, unseen_per_class=2, num_frames=4,
+                         progress=False)
     assert digest(a.root) == digest(b.root)
-    assert a.counts == {"train": 18, "seen_test": 18, "unseen_test": 6}
+    assert a.counts == {"train": 18, "seen_test": 18, "unseen_test": 12}
+    windows = json.loads(a.windows.read_text())
+    assert len(windows) == 18 * 2 + 12 and all(0 <= w[0] and w[0] + w[1] <= 4 for w in windows.values())
     from stzsar.data import PyAVVideo
 
     with PyAVVideo(a.example_video) as video:
@@ -88,7 +120,7 @@ def test_demo_reduced_run_writes_its_report(tmp_path):
     from stzsar.train.checkpoint import load_model_from_checkpoint
 
     config = demo_config(["train.epochs=1", "train.batch_size=6", "train.tensorboard=false"])
-    settings = DemoSettings(seed=1, train_per_class=1, test_per_class=1, video_frames=8, progress=False)
+    settings = DemoSettings(seed=1, train_per_class=1, test_per_class=1, unseen_per_class=2, progress=False)
     out = tmp_path / "demo"
     report = run_demo(out, settings, config)
 
@@ -98,12 +130,23 @@ def test_demo_reduced_run_writes_its_report(tmp_path):
                 "unseen_classes", "attributes", "example_video"):
         assert key in on_disk, key
     assert report["chance_seen"] == pytest.approx(100 / 18) and report["chance_unseen"] == pytest.approx(100 / 6)
-    assert set(report["ablations"]) == {"no_attributes", "no_sti"}
-    assert not report["ablations"]["no_attributes"]["attributes"] and not report["ablations"]["no_sti"]["sti"]
-    for entry in [report["variants"]["full"], *report["ablations"].values()]:
+    ablations = report["ablations"]
+    assert set(ablations) == {"no_interaction", "spatial_only", "temporal_only", "no_attributes"}
+    # (spatial, temporal, attributes) of each row; sti true only for the full spatio-temporal module
+    expected = {"no_interaction": (False, False, True), "spatial_only": (True, False, True),
+                "temporal_only": (False, True, True), "no_attributes": (True, True, False)}
+    for key, (spatial, temporal, attributes) in expected.items():
+        entry = ablations[key]
+        assert (entry["spatial"], entry["temporal"], entry["attributes"]) == (spatial, temporal, attributes), key
+        assert entry["sti"] is (spatial and temporal) and set(entry) >= {"label", "attributes", "sti", "seen_accuracy",
+                                                         "unseen_accuracy"}
+    assert report["variants"]["full"]["sti"] is True
+    for entry in report["variants"].values():
         assert 0 <= entry["seen_accuracy"] <= 100 and 0 <= entry["unseen_accuracy"] <= 100
-    assert report["variants"]["full"]["seen_videos_scored"] == 18
-    assert report["variants"]["full"]["unseen_videos_scored"] == 6
+    full = report["variants"]["full"]
+    assert full["seen_videos_scored"] == 18 and full["unseen_videos_scored"] == 12
+    assert full["diagnostics"]["videos"] == 12 and len(full["epoch_losses"]) == 1
+    assert 1 / 8 - 1e-9 <= full["diagnostics"]["s_temp"]["max"] <= 1 + 1e-9
     for key in ("checkpoint", "unseen_classes", "attributes", "example_video", "config"):
         assert Path(report[key]).is_file(), key
     assert all(Path(p).is_file() for p in report["plots"].values())
@@ -111,11 +154,31 @@ def test_demo_reduced_run_writes_its_report(tmp_path):
     assert len(unseen) == 6 and report["example_video_class"] in unseen
     attributes = json.loads(Path(report["attributes"]).read_text())["attributes"]
     assert set(attributes) == {c["name"] for c in report["classes"]}
-    assert "| STI + attributes | yes |" in (out / "report.md").read_text()
+    assert "| STI + attributes | yes | yes |" in (out / "report.md").read_text()
     model, meta = load_model_from_checkpoint(report["checkpoint"])
     assert meta["extra"]["class_names"] == Path(report["seen_classes"]).read_text().split()
+    assert model.config.word_tokens == "class_and_attributes"
     # A second run into the same folder replaces the first; a foreign folder is refused.
     (tmp_path / "other").mkdir()
     (tmp_path / "other" / "mine.txt").write_text("keep")
     with pytest.raises(FileExistsError, match="not the output of an earlier stzsar demo"):
         run_demo(tmp_path / "other", settings, config)
+
+
+def test_seeds_summary_is_mean_and_sample_std_of_the_runs(tmp_path):
+    import statistics
+
+    from stzsar.demo.runner import DemoSettings, demo_config, run_seeds
+
+    config = demo_config(["train.epochs=1", "train.batch_size=6", "train.tensorboard=false"])
+    settings = DemoSettings(train_per_class=1, test_per_class=1, unseen_per_class=1, ablations="none",
+                            progress=False)
+    summary = run_seeds(tmp_path / "seeds", [0, 1], settings, config)
+    reports = [json.loads((tmp_path / "seeds" / f"seed_{s}" / "report.json").read_text()) for s in (0, 1)]
+    assert [r["seed"] for r in reports] == [0, 1]
+    values = [r["unseen_accuracy"] for r in reports]
+    entry = summary["models"]["full"]["unseen_accuracy"]
+    assert entry["values"] == values
+    assert entry["mean"] == pytest.approx(statistics.mean(values))
+    assert entry["std"] == pytest.approx(statistics.stdev(values))
+    assert json.loads((tmp_path / "seeds" / "summary.json").read_text())["seeds"] == [0, 1]

@@ -1,23 +1,33 @@
-"""A synthetic action dataset: coloured shapes moving, growing or spinning, written as real videos.
+"""A synthetic action dataset in which the evidence is small in space and short in time.
 
-Every class is a (colour, motion) pair, e.g. a red ball sliding to the left. Classes carry
+Every class is a (colour, motion) pair, e.g. a red ball sliding to the right. Classes carry
 invented one-word names (``"vorpel"``) that say nothing about what the video shows, much like
 many real action names ("salsa spin", "zumba") mean little to a model that has not seen them.
-What a class looks like is in its *description* ("A red ball slides to the left across the
-frame ..."), from which the offline attribute extractor draws the keywords the prompts use.
+What a class looks like is in its *description* ("A small red ball slides to the right ..."),
+from which the offline attribute extractor draws the keywords the prompts use.
 
 Seen and unseen classes: the unseen (zero-shot) classes are new combinations of colours and
 motions that the seen classes show separately, so every word an unseen class's attributes use
-("red", "left", ...) also appears in the attributes of seen classes. Only the attributes can
+("red", "right", ...) also appears in the attributes of seen classes. Only the attributes can
 carry that knowledge over: without them, an unseen class's prompt is its unknown name alone.
 
-Motions are drawn so that a single frame shows them: a moving ball leaves a fading trail behind
-it (which side tells the direction), a growing ball a faint halo of its next size, a spinning bar
-a ghost of its previous angle. Models that score frames independently (mean pooling, or STI,
-which weights frames but ignores their order) can therefore tell every class apart.
+Where and when the action is (what the STI module is for, docs/method.md section 4):
+
+- in space: the actor is small (a ball of radius ~3.5 px, a thin bar, in a 36 px frame of 4x4
+  patches of 8 px after the crop) among 2-3 distractor objects of other colours and other shapes
+  (squares, triangles, crosses), over a cluttered background (low-contrast blobs, noise). The
+  distractor colours are the other class colours and three that no class uses, so the colours
+  in a frame do not tell the class: the colour that counts is the one of the ball or bar;
+- in time: the action fills a window of 4-6 of the video's 16 frames (at a random place); the
+  other frames show, per video, the distractors drifting, a static scene, or the background
+  alone. A clip of 8 frames sampled uniformly holds 2-3 frames of the action.
+
+A moving ball leaves a fading trail behind it (which side tells the direction), a growing ball a
+faint halo of its next size, a spinning bar a ghost of its previous angle, so that a frame of the
+window shows the motion.
 
 The frames are drawn with NumPy and encoded with PyAV (H.264 by default); each video has its own
-random start position, speed, size, background shade and noise, drawn from ``(seed, class,
+random positions, window, sizes, distractors, background and noise, drawn from ``(seed, class,
 video)`` so the dataset is the same for a seed on any machine.
 """
 
@@ -152,77 +162,160 @@ def _bar(canvas: np.ndarray, cx: float, cy: float, length: float, thickness: flo
 #: (opacity, radius factor) of the trail's ghosts, nearest first.
 _TRAIL = ((0.6, 0.85), (0.4, 0.7), (0.25, 0.55), (0.12, 0.4))
 
+#: Colours no class uses, for distractors only.
+DISTRACTOR_COLOURS: Dict[str, Tuple[int, int, int]] = {
+    "orange": (245, 140, 20),
+    "purple": (150, 60, 210),
+    "cyan": (40, 215, 220),
+}
 
-def render_video(colour: str, motion: str, num_frames: int = 16, size: int = 32,
-                 rng: Optional[random.Random] = None) -> np.ndarray:
-    """The frames of one video, ``uint8 [num_frames, size, size, 3]`` (RGB)."""
+#: Distractor shapes (the actors are balls and bars).
+DISTRACTOR_SHAPES = ("square", "triangle", "cross")
+
+#: What the frames outside the action window show.
+OFF_WINDOW = ("distractors", "static", "nothing")
+
+#: Frames of the action window, at most and at least (of ``num_frames`` = 16).
+WINDOW = (4, 6)
+
+
+def _square(canvas: np.ndarray, cx: float, cy: float, half: float, colour: np.ndarray) -> None:
+    ys, xs = _pixel_centres(*canvas.shape[:2])
+    cover = (np.clip(half + 0.5 - np.abs(xs - cx), 0, 1) * np.clip(half + 0.5 - np.abs(ys - cy), 0, 1))[..., None]
+    canvas[:] = canvas * (1 - cover) + colour * cover
+
+
+def _triangle(canvas: np.ndarray, cx: float, cy: float, half: float, colour: np.ndarray) -> None:
+    """An upward triangle in the box of side ``2 * half`` around (cx, cy)."""
+    ys, xs = _pixel_centres(*canvas.shape[:2])
+    depth = (ys - (cy - half)) / (2 * half)  # 0 at the apex, 1 at the base
+    inside = (depth >= 0) & (depth <= 1) & (np.abs(xs - cx) <= depth * half)
+    cover = inside.astype(np.float64)[..., None]
+    canvas[:] = canvas * (1 - cover) + colour * cover
+
+
+def _cross(canvas: np.ndarray, cx: float, cy: float, half: float, colour: np.ndarray) -> None:
+    thick = max(2.0, 0.7 * half)
+    _bar(canvas, cx, cy, 2 * half, thick, 0.0, colour, 1.0)
+    _bar(canvas, cx, cy, 2 * half, thick, math.pi / 2, colour, 1.0)
+
+
+_SHAPES = {"square": _square, "triangle": _triangle, "cross": _cross}
+
+
+def _background(size: int, rng: random.Random, noise_rng: np.random.Generator) -> np.ndarray:
+    """A shade with a tint, low-contrast blobs and stripes (clutter), per video."""
+    shade = rng.uniform(25, 70)
+    tint = np.array([rng.uniform(-12, 12) for _ in range(3)])
+    canvas = np.empty((size, size, 3), dtype=np.float64)
+    canvas[:] = np.clip(shade + tint, 0, 255)
+    for _ in range(rng.randint(4, 7)):
+        tone = canvas[0, 0] + np.array([rng.uniform(-18, 18)] * 3) + np.array([rng.uniform(-6, 6) for _ in range(3)])
+        if rng.random() < 0.5:
+            _disc(canvas, rng.uniform(0, size), rng.uniform(0, size), rng.uniform(2, 7), tone, 0.8)
+        else:
+            _bar(canvas, rng.uniform(0, size), rng.uniform(0, size), rng.uniform(8, 30), rng.uniform(1, 3),
+                 rng.uniform(0, math.pi), tone, 0.8)
+    canvas += noise_rng.normal(0, 3, size=canvas.shape)  # fixed texture of the scene
+    return canvas
+
+
+def render_video(colour: str, motion: str, num_frames: int = 16, size: int = 36,
+                 rng: Optional[random.Random] = None, return_window: bool = False):
+    """The frames of one video, ``uint8 [num_frames, size, size, 3]`` (RGB); with
+    ``return_window`` also the action window ``(first frame, number of frames)``.
+
+    The actor (``colour``, ``motion``) is drawn only in the action window (see the module
+    docstring); distractors and clutter are drawn as the video's off-window mode says.
+    """
     rng = rng or random.Random(0)
     rgb = np.array(COLOURS[colour], dtype=np.float64)
-    # Per-video nuisances: background shade and tint, noise, size, path, speed.
-    shade = rng.uniform(20, 70)
-    tint = np.array([rng.uniform(-12, 12) for _ in range(3)])
-    background = np.clip(shade + tint, 0, 255)
     noise_rng = np.random.default_rng(rng.randrange(2**32))
-    radius = rng.uniform(0.12, 0.17) * size
+    background = _background(size, rng, noise_rng)
+
+    # The action window.
+    length = min(num_frames, rng.randint(*WINDOW) if num_frames >= WINDOW[1] else max(1, num_frames // 3))
+    first = rng.randint(0, num_frames - length)
+    off_mode = rng.choice(OFF_WINDOW)
+
+    # The actor: small, somewhere in the frame.
+    radius = rng.uniform(0.085, 0.11) * size
     margin = radius + 1
+    travel = rng.uniform(0.45, 0.6) * size  # the path of a sliding or rising ball
+    start = rng.uniform(margin, size - margin - travel)
+    cross = rng.uniform(margin, size - margin)
+    spin_dir = rng.choice((-1, 1))
+    turns = rng.uniform(0.6, 0.9)  # half-turns over the window
+    angle0 = rng.uniform(0, math.pi)
+    orbit = rng.uniform(0.14, 0.18) * size
+    centre = (rng.uniform(orbit + margin, size - orbit - margin), rng.uniform(orbit + margin, size - orbit - margin))
+    phase = rng.randrange(3)
+
+    # Distractors: other colours, other shapes, each drifting slowly (or frozen).
+    palette = [c for c in list(COLOURS) + list(DISTRACTOR_COLOURS) if c != colour]
+    distractors = []
+    for _ in range(rng.randint(2, 3)):
+        name = rng.choice(palette)
+        palette.remove(name)
+        tone = np.array({**COLOURS, **DISTRACTOR_COLOURS}[name], dtype=np.float64)
+        distractors.append((
+            _SHAPES[rng.choice(DISTRACTOR_SHAPES)], tone, rng.uniform(2.5, 3.5),
+            rng.uniform(4, size - 4), rng.uniform(4, size - 4),
+            rng.uniform(-0.4, 0.4), rng.uniform(-0.4, 0.4),
+        ))
 
     def lerp(a, b, p):
         return a + (b - a) * p
-
-    start, stop = rng.uniform(0.0, 0.15), rng.uniform(0.85, 1.0)  # fraction of the path covered
-    cross = rng.uniform(margin, size - margin)  # the coordinate that stays fixed
-    frames = np.empty((num_frames, size, size, 3), dtype=np.uint8)
-    spin_dir = rng.choice((-1, 1))
-    turns = rng.uniform(0.6, 0.9)  # half-turns over the clip
-    angle0 = rng.uniform(0, math.pi)
-    centre = (size / 2 + rng.uniform(-2, 2), size / 2 + rng.uniform(-2, 2))
-    blink = (rng.uniform(margin, size - margin), rng.uniform(margin, size - margin))
-    phase = rng.randrange(4)
-
-    orbit = 0.27 * size  # orbit radius
 
     def position(p: float, back: float = 0.0) -> Tuple[float, float]:
         """Where the ball is at progress ``p``, or ``back`` pixels behind it along its path."""
         if motion == "orbiting":
             angle = angle0 + spin_dir * (2 * math.pi * turns * p - back / orbit)
             return centre[0] + orbit * math.cos(angle), centre[1] + orbit * math.sin(angle)
-        along = lerp(margin, size - margin, lerp(start, stop, p)) - back
+        along = start + travel * p - back
         if motion == "moving right":
             return along, cross
         if motion == "moving up":
             return cross, size - along
         return centre
 
+    frames = np.empty((num_frames, size, size, 3), dtype=np.uint8)
     for t in range(num_frames):
-        canvas = np.empty((size, size, 3), dtype=np.float64)
-        canvas[:] = background
-        canvas += noise_rng.normal(0, 4, size=canvas.shape)
-        p = t / max(1, num_frames - 1)
-        if motion in ("moving right", "moving up", "orbiting"):
-            # A comet: fading, shrinking ghosts behind the ball show where it came from.
-            for back, (alpha, scale) in reversed(list(enumerate(_TRAIL, start=1))):
-                _disc(canvas, *position(p, back * 0.45 * radius), radius * scale, rgb, alpha)
-            _disc(canvas, *position(p), radius, rgb, 1.0)
-        elif motion == "growing":
-            r = lerp(0.08 * size, 0.38 * size, lerp(start, stop, p))
-            _disc(canvas, centre[0], centre[1], r * 1.25, rgb, 0.3)  # halo of the size to come
-            _disc(canvas, centre[0], centre[1], r, rgb, 1.0)
-        elif motion == "spinning":
-            angle = angle0 + spin_dir * math.pi * turns * p
-            length, thickness = 0.75 * size, max(2.0, 0.12 * size)
-            for back, alpha in ((2, 0.2), (1, 0.45)):
-                _bar(canvas, centre[0], centre[1], length, thickness,
-                     angle - spin_dir * back * 0.3, rgb, alpha)
-            _bar(canvas, centre[0], centre[1], length, thickness, angle, rgb, 1.0)
-        elif motion == "blinking":
-            # On for two frames, off for two; lit frames glow.
-            if ((t + phase) // 2) % 2 == 0:
-                _disc(canvas, blink[0], blink[1], radius * 1.5, rgb, 0.3)
-                _disc(canvas, blink[0], blink[1], radius, rgb, 1.0)
-        else:  # pragma: no cover - make_classes rejects unknown motions
-            raise ValueError(f"unknown motion {motion!r}")
+        canvas = background + noise_rng.normal(0, 3, size=background.shape)
+        in_window = first <= t < first + length
+        if in_window or off_mode != "nothing":
+            moved = t if (in_window or off_mode == "distractors") else first
+            for draw, tone, half, x, y, dx, dy in distractors:
+                draw(canvas, float(np.clip(x + dx * moved, 3, size - 3)), float(np.clip(y + dy * moved, 3, size - 3)),
+                     half, tone)
+        if in_window:
+            p = (t - first) / max(1, length - 1)
+            if motion in ("moving right", "moving up", "orbiting"):
+                # A comet: fading, shrinking ghosts behind the ball show where it came from.
+                for back, (alpha, scale) in reversed(list(enumerate(_TRAIL, start=1))):
+                    _disc(canvas, *position(p, back * 0.5 * radius), radius * scale, rgb, alpha)
+                _disc(canvas, *position(p), radius, rgb, 1.0)
+            elif motion == "growing":
+                r = lerp(0.05 * size, 0.2 * size, p)
+                _disc(canvas, centre[0], centre[1], r * 1.3, rgb, 0.3)  # halo of the size to come
+                _disc(canvas, centre[0], centre[1], r, rgb, 1.0)
+            elif motion == "spinning":
+                angle = angle0 + spin_dir * math.pi * turns * p
+                bar_length, thickness = 0.36 * size, max(2.0, 0.07 * size)
+                for back, alpha in ((2, 0.2), (1, 0.45)):
+                    _bar(canvas, centre[0], centre[1], bar_length, thickness,
+                         angle - spin_dir * back * 0.3, rgb, alpha)
+                _bar(canvas, centre[0], centre[1], bar_length, thickness, angle, rgb, 1.0)
+            elif motion == "blinking":
+                # On for two frames, off for one (a clip sampling every other frame still sees
+                # it lit); lit frames glow.
+                if (t - first + phase) % 3 != 2:
+                    _disc(canvas, centre[0], centre[1], radius * 1.6, rgb, 0.3)
+                    _disc(canvas, centre[0], centre[1], radius, rgb, 1.0)
+            else:  # pragma: no cover - make_classes rejects unknown motions
+                raise ValueError(f"unknown motion {motion!r}")
         frames[t] = np.clip(canvas, 0, 255).round().astype(np.uint8)
-    return frames
+    return (frames, (first, length)) if return_window else frames
 
 
 def encode_video(path: PathLike, frames: np.ndarray, fps: int = 8, codec: str = "libx264") -> Path:
@@ -268,6 +361,7 @@ class SyntheticDataset:
     descriptions: Path
     example_video: Path
     counts: Dict[str, int]
+    windows: Path  # {video path: [first frame, frames]} of the action
 
 
 def _write_labels(path: Path, names: Sequence[str]) -> None:
@@ -279,8 +373,9 @@ def generate_dataset(
     *,
     train_per_class: int = 16,
     test_per_class: int = 6,
+    unseen_per_class: Optional[int] = None,
     num_frames: int = 16,
-    size: int = 32,
+    size: int = 36,
     colours: Sequence[str] = tuple(COLOURS),
     motions: Sequence[str] = tuple(MOTIONS),
     seed: int = 0,
@@ -292,10 +387,12 @@ def generate_dataset(
 
         out/videos/<class>/<class>_<n>.mp4
         out/train.txt            seen classes, ``train_per_class`` videos each (labels: seen_labels.csv)
-        out/seen_test.txt        other videos of the seen classes (labels: seen_labels.csv)
-        out/unseen_test.txt      videos of the unseen classes (labels: unseen_labels.csv)
+        out/seen_test.txt        other videos of the seen classes, ``test_per_class`` each
+        out/unseen_test.txt      videos of the unseen classes, ``unseen_per_class`` each
+                                 (default ``test_per_class``; labels: unseen_labels.csv)
         out/descriptions.json    {class: description}
         out/classes.json         every class with its colour, motion and split
+        out/windows.json         {video: [first frame, number of frames]} of the action window
     """
     from tqdm.auto import tqdm
 
@@ -307,15 +404,18 @@ def generate_dataset(
     for cls in seen:
         jobs += [(cls, n) for n in range(train_per_class + test_per_class)]
     for cls in unseen:
-        jobs += [(cls, n) for n in range(test_per_class)]
+        jobs += [(cls, n) for n in range(test_per_class if unseen_per_class is None else unseen_per_class)]
     lists: Dict[str, List[str]] = {"train": [], "seen_test": [], "unseen_test": []}
     seen_index = {c.name: i for i, c in enumerate(seen)}
     unseen_index = {c.name: i for i, c in enumerate(unseen)}
     example = None
+    windows: Dict[str, List[int]] = {}
     for cls, n in tqdm(jobs, desc="synthetic videos", unit="video", disable=not progress, leave=False):
         rel = f"videos/{cls.name}/{cls.name}_{n:03d}.mp4"
-        frames = render_video(cls.colour, cls.motion, num_frames, size, random.Random(f"video:{seed}:{cls.name}:{n}"))
+        frames, window = render_video(cls.colour, cls.motion, num_frames, size,
+                                      random.Random(f"video:{seed}:{cls.name}:{n}"), return_window=True)
         encode_video(out / rel, frames)
+        windows[rel] = list(window)
         if cls.unseen:
             lists["unseen_test"].append(f"{rel} {unseen_index[cls.name]}")
             example = example or out / rel
@@ -329,10 +429,11 @@ def generate_dataset(
     _write_labels(out / "unseen_labels.csv", [c.name for c in unseen])
     (out / "descriptions.json").write_text(json.dumps({c.name: c.description for c in classes}, indent=1) + "\n")
     (out / "classes.json").write_text(json.dumps([asdict(c) for c in classes], indent=1) + "\n")
+    (out / "windows.json").write_text(json.dumps(windows) + "\n")
     return SyntheticDataset(
         root=out, classes=classes, seen=[c.name for c in seen], unseen=[c.name for c in unseen],
         train_list=out / "train.txt", seen_test_list=out / "seen_test.txt",
         unseen_test_list=out / "unseen_test.txt", seen_labels=out / "seen_labels.csv",
         unseen_labels=out / "unseen_labels.csv", descriptions=out / "descriptions.json",
-        example_video=example, counts={k: len(v) for k, v in lists.items()},
+        example_video=example, counts={k: len(v) for k, v in lists.items()}, windows=out / "windows.json",
     )

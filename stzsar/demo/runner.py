@@ -1,24 +1,29 @@
 """``stzsar demo``: the whole method end to end on a synthetic zero-shot benchmark, on any machine.
 
-1. Generate the dataset (:mod:`stzsar.demo.actions`): coloured balls and bars moving, growing,
-   spinning, orbiting, blinking; 24 (colour, motion) classes with invented names, 18 seen and
-   6 unseen, as H.264 files with BIKE-style lists.
+1. Generate the dataset (:mod:`stzsar.demo.actions`): small coloured balls and bars moving,
+   growing, spinning, orbiting, blinking among distractor shapes, for a few frames of each video;
+   24 (colour, motion) classes with invented names, 18 seen and 6 unseen, as H.264 files with
+   BIKE-style lists.
 2. Extract each class's attributes from its description with the offline extractor
    (:func:`stzsar.attributes.extract_attributes`, YAKE by default: deterministic, no network).
 3. Train a tiny CLIP-shaped model from scratch on the seen classes with the real trainer
-   (:func:`stzsar.train.train`), and two ablations: without attributes (class names alone) and
-   without the STI module (mean-pooled frames).
+   (:func:`stzsar.train.train`), and the ablations (:data:`VARIANTS`): the paper's Table 4 rows
+   (no interaction = mean pooling, spatial only, temporal only; all with attributes), class
+   names only, and with ``ablations="full"`` the Table 5 sweep of ``Na`` (:data:`SWEEP_VARIANTS`).
 4. Evaluate each on held-out videos of the seen classes and zero-shot on the unseen classes with
-   the evaluation engine (:func:`stzsar.eval.engine.evaluate`), next to chance.
+   the evaluation engine (:func:`stzsar.eval.engine.evaluate`), with 95% intervals, and measure
+   what the STI does on the unseen videos (:mod:`stzsar.demo.diagnostics`).
 5. Write ``report.json``, ``report.md`` and confusion-matrix plots to the output folder.
 
-Everything is seeded; on CPU the report is the same for a seed (one intra-op thread by default,
-see ``DemoSettings.threads``).
+:func:`run_seeds` runs several seeds and reports mean +- std over them. Everything is seeded; on
+CPU the report is the same for a seed (one intra-op thread by default, see
+``DemoSettings.threads``).
 """
 
 from __future__ import annotations
 
 import copy
+import dataclasses
 import json
 import logging
 import math
@@ -47,12 +52,40 @@ DEMO_CONFIG: Dict[str, Dict[str, Any]] = {
     "eval": {"batch_size": 32},
 }
 
-#: The three models the demo trains: (key, label, attributes?, STI?).
+@dataclass(frozen=True)
+class Variant:
+    """One model the demo trains: which STI steps it has and how many attributes per class
+    (``None``: the configured ``data.num_attributes``; 0: the class name alone)."""
+
+    key: str
+    label: str
+    spatial: bool = True
+    temporal: bool = True
+    num_attributes: Optional[int] = None
+
+    @property
+    def attributes(self) -> bool:
+        return self.num_attributes != 0
+
+    @property
+    def sti(self) -> bool:
+        return self.spatial and self.temporal
+
+
+#: The full model, the paper's Table 4 rows (all with attributes) and the class-names-only model.
 VARIANTS = (
-    ("full", "STI + attributes", True, True),
-    ("no_attributes", "STI, class names only", False, True),
-    ("no_sti", "mean pooling (no STI) + attributes", True, False),
+    Variant("full", "STI + attributes"),
+    Variant("no_interaction", "no interaction (mean pooling) + attributes", spatial=False, temporal=False),
+    Variant("spatial_only", "spatial interaction only + attributes", temporal=False),
+    Variant("temporal_only", "temporal interaction only + attributes", spatial=False),
+    Variant("no_attributes", "STI, class names only", num_attributes=0),
 )
+
+#: With ``ablations="full"`` also the rest of the paper's Table 5 sweep (Na = 0 and 8 are above).
+SWEEP_VARIANTS = tuple(Variant(f"na_{n}", f"STI + {n} attributes", num_attributes=n) for n in (2, 4, 16))
+
+#: ``DemoSettings.ablations`` choices.
+ABLATIONS = ("none", "table4", "full")
 
 _MARKER = "stzsar-demo"
 
@@ -64,11 +97,14 @@ class DemoSettings:
     Attributes:
         seed: seeds the dataset, the class split, the initialisation and the data order.
         train_per_class: training videos per seen class.
-        test_per_class: held-out videos per seen class and test videos per unseen class.
+        test_per_class: held-out videos per seen class.
+        unseen_per_class: test videos per unseen class (64 x 6 = 384 videos: the 95% interval of
+            the unseen top-1 is then at most +-5 points).
         video_frames: frames per generated video (clips sample ``data.num_frames`` of them).
         frame_size: side of the generated frames (clips are cropped to ``data.size``).
         extractor: offline attribute extractor (``yake``, ``rake`` or ``keybert``).
-        ablations: also train the two ablation models.
+        ablations: ``"table4"`` (default) also trains the paper's Table 4 rows and the class-
+            names-only model; ``"full"`` adds the Na sweep (2, 4, 16); ``"none"``: the full model only.
         threads: torch intra-op threads while the demo runs (``None``: leave as is). One thread
             is the default: the tiny model's operations are too small to gain from more, and on a
             busy machine extra threads cost much more than they give.
@@ -77,11 +113,12 @@ class DemoSettings:
 
     seed: int = 0
     train_per_class: int = 16
-    test_per_class: int = 10
+    test_per_class: int = 16
+    unseen_per_class: int = 64
     video_frames: int = 16
     frame_size: int = 36
     extractor: str = "yake"
-    ablations: bool = True
+    ablations: str = "table4"
     threads: Optional[int] = 1
     progress: bool = True
 
@@ -132,17 +169,16 @@ def _ci95(accuracy: float, count: int) -> float:
 
 def _markdown(report: Dict[str, Any]) -> str:
     rows = [
-        "| model | attributes | seen top-1 (%) | chance | unseen zero-shot top-1 (%) | chance |",
+        "| model | spatial | temporal | attributes (Na) | seen top-1 (%) | unseen zero-shot top-1 (%) |",
         "|---|---|---|---|---|---|",
     ]
-    for key, label, attributes, _ in VARIANTS:
-        entry = report["variants"].get(key)
-        if entry is None:
-            continue
+    for entry in report["variants"].values():
+        yes = {True: "yes", False: "no"}
         rows.append(
-            f"| {label} | {'yes' if attributes else 'no'} | {entry['seen_accuracy']:.1f} ± {entry['seen_ci95']:.1f} | "
-            f"{report['chance_seen']:.1f} | {entry['unseen_accuracy']:.1f} ± {entry['unseen_ci95']:.1f} | "
-            f"{report['chance_unseen']:.1f} |"
+            f"| {entry['label']} | {yes[entry['spatial']]} | {yes[entry['temporal']]} | "
+            f"{entry['num_attributes'] if entry['attributes'] else 'no (class name)'} | "
+            f"{entry['seen_accuracy']:.1f} ± {entry['seen_ci95']:.1f} | "
+            f"{entry['unseen_accuracy']:.1f} ± {entry['unseen_ci95']:.1f} |"
         )
     counts = report["num_videos"]
     lines = [
@@ -151,7 +187,8 @@ def _markdown(report: Dict[str, Any]) -> str:
         f"{report['num_seen_classes']} seen classes ({counts['train']} training videos, "
         f"{counts['seen_test']} held-out), {report['num_unseen_classes']} unseen classes "
         f"({counts['unseen_test']} videos); model `{report['model']}` trained from scratch, "
-        f"seed {report['seed']}.",
+        f"seed {report['seed']}. Chance: {report['chance_seen']:.1f} (seen), "
+        f"{report['chance_unseen']:.1f} (unseen).",
         "",
         *rows,
         "",
@@ -170,6 +207,14 @@ def _markdown(report: Dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def _variants(ablations: str):
+    if ablations not in ABLATIONS:
+        raise ValueError(f"ablations must be one of {', '.join(ABLATIONS)}; got {ablations!r}")
+    if ablations == "none":
+        return VARIANTS[:1]
+    return VARIANTS + (SWEEP_VARIANTS if ablations == "full" else ())
+
+
 def run_demo(
     out: PathLike = "runs/demo",
     settings: Optional[DemoSettings] = None,
@@ -179,7 +224,7 @@ def run_demo(
     from stzsar.attributes import extract_attributes, make_offline_extractor
     from stzsar.data import ClipSpec, build_split
     from stzsar.demo.actions import generate_dataset
-    from stzsar.demo.baseline import MeanPoolHead
+    from stzsar.demo.diagnostics import epoch_losses, sti_statistics
     from stzsar.demo.cached import CachedVideoDataset
     from stzsar.eval.engine import EvalSettings, evaluate
     from stzsar.eval.report import plot_confusion
@@ -201,6 +246,7 @@ def run_demo(
         tic = time.perf_counter()
         dataset = generate_dataset(
             out / "data", train_per_class=settings.train_per_class, test_per_class=settings.test_per_class,
+            unseen_per_class=settings.unseen_per_class,
             num_frames=settings.video_frames, size=settings.frame_size, seed=settings.seed,
             progress=settings.progress,
         )
@@ -256,21 +302,24 @@ def run_demo(
         variants: Dict[str, Dict[str, Any]] = {}
         checkpoint = None
         plots: Dict[str, str] = {}
-        for key, label, use_attributes, use_sti in VARIANTS:
-            if key != "full" and not settings.ablations:
-                continue
+        for variant in _variants(settings.ablations):
+            key = variant.key
             tic = time.perf_counter()
             run_config = copy.deepcopy(config)
             run_config.train.output_dir = str(out / "train" if key == "full" else out / "ablations" / key)
-            if not use_attributes:
+            run_config.model.spatial_interaction = variant.spatial
+            run_config.model.temporal_interaction = variant.temporal
+            num_attributes = config.data.num_attributes if variant.num_attributes is None else variant.num_attributes
+            if variant.attributes:
+                run_config.data.num_attributes = num_attributes
+                run_attributes = {name: words[:num_attributes] for name, words in attributes.items()}
+            else:
                 run_config.data.attributes = None
+                run_attributes = None
             seed_everything(settings.seed)
             model = build_model_from_config(run_config.model_config())
-            if not use_sti:
-                model.sti = MeanPoolHead(model.dim, normalize=run_config.model.normalize)
-            run_attributes = attributes if use_attributes else None
             if settings.progress:
-                print(f"[demo] training: {label}", flush=True)
+                print(f"[demo] training: {variant.label}", flush=True)
             result = train(run_config, train_set, model=model, attributes=run_attributes,
                            class_names=dataset.seen, save_checkpoints=key == "full")
             trained = result.model
@@ -282,9 +331,12 @@ def run_demo(
             unseen = evaluate(trained, unseen_test, unseen_bank, dataset.unseen, settings=eval_settings,
                               description=f"unseen ({key})")
             variants[key] = {
-                "label": label,
-                "attributes": use_attributes,
-                "sti": use_sti,
+                "label": variant.label,
+                "attributes": variant.attributes,
+                "sti": variant.sti,
+                "spatial": variant.spatial,
+                "temporal": variant.temporal,
+                "num_attributes": num_attributes if variant.attributes else 0,
                 "seen_accuracy": seen.top1,
                 "unseen_accuracy": unseen.top1,
                 "seen_ci95": _ci95(seen.top1, seen.num_scored),
@@ -293,8 +345,11 @@ def run_demo(
                 "unseen_videos_scored": unseen.num_scored,
                 "videos_skipped": seen.num_skipped + unseen.num_skipped,
                 "final_loss": result.history[-1]["loss"] if result.history else None,
+                "epoch_losses": epoch_losses(result.history, result.step // max(1, result.epoch)),
                 "steps": result.step,
                 "run_dir": str(result.run_dir),
+                "diagnostics": sti_statistics(trained, unseen_test, unseen_bank, dataset.windows,
+                                              config.eval.batch_size),
                 "seconds": round(time.perf_counter() - tic, 1),
             }
             if key == "full":
@@ -321,8 +376,9 @@ def run_demo(
         "chance_seen": _chance(len(dataset.seen)),
         "chance_unseen": _chance(len(dataset.unseen)),
         "ablations": {
-            key: {k: v for k, v in entry.items() if k in ("label", "attributes", "sti", "seen_accuracy",
-                                                          "unseen_accuracy")}
+            key: {k: v for k, v in entry.items() if k in ("label", "attributes", "sti", "spatial", "temporal",
+                                                          "num_attributes", "seen_accuracy", "unseen_accuracy",
+                                                          "unseen_ci95")}
             for key, entry in variants.items() if key != "full"
         },
         "variants": variants,
@@ -359,3 +415,61 @@ def run_demo(
 def format_table(report: Dict[str, Any]) -> str:
     """The accuracy table of a report, for the terminal."""
     return _markdown(report)
+
+
+def _mean_std(values) -> Dict[str, float]:
+    values = [float(v) for v in values]
+    mean = sum(values) / len(values)
+    std = math.sqrt(sum((v - mean) ** 2 for v in values) / (len(values) - 1)) if len(values) > 1 else 0.0
+    return {"mean": mean, "std": std, "values": values}
+
+
+def run_seeds(out: PathLike, seeds: Iterable[int], settings: Optional[DemoSettings] = None,
+              config: Optional[Config] = None) -> Dict[str, Any]:
+    """:func:`run_demo` once a seed into ``out/seed_<n>``, then ``out/summary.json`` and
+    ``out/summary.md``: each model's seen and unseen top-1 as mean +- std over the seeds
+    (sample standard deviation)."""
+    out = Path(out)
+    seeds = list(seeds)
+    if not seeds:
+        raise ValueError("no seeds given")
+    _prepare_out(out)
+    settings = settings or DemoSettings()
+    started = time.perf_counter()
+    reports = {}
+    for seed in seeds:
+        reports[seed] = run_demo(out / f"seed_{seed}", dataclasses.replace(settings, seed=seed), config)
+    models: Dict[str, Dict[str, Any]] = {}
+    for key, entry in reports[seeds[0]]["variants"].items():
+        models[key] = {
+            "label": entry["label"],
+            "seen_accuracy": _mean_std(reports[s]["variants"][key]["seen_accuracy"] for s in seeds),
+            "unseen_accuracy": _mean_std(reports[s]["variants"][key]["unseen_accuracy"] for s in seeds),
+        }
+    summary = {
+        "kind": _MARKER,
+        "seeds": seeds,
+        "models": models,
+        "chance_unseen": reports[seeds[0]]["chance_unseen"],
+        "reports": {str(s): str(out / f"seed_{s}" / "report.json") for s in seeds},
+        "seconds": time.perf_counter() - started,
+    }
+    (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+    (out / "summary.md").write_text(format_summary(summary) + "\n")
+    return summary
+
+
+def format_summary(summary: Dict[str, Any]) -> str:
+    """The mean +- std table of :func:`run_seeds`, with each seed's unseen top-1."""
+    seeds = summary["seeds"]
+    rows = [
+        "| model | seen top-1 (%) | unseen top-1 (%) | " + " | ".join(f"seed {s}" for s in seeds) + " |",
+        "|---|---|---|" + "---|" * len(seeds),
+    ]
+    for entry in summary["models"].values():
+        seen, unseen = entry["seen_accuracy"], entry["unseen_accuracy"]
+        rows.append(f"| {entry['label']} | {seen['mean']:.1f} ± {seen['std']:.1f} | "
+                    f"{unseen['mean']:.1f} ± {unseen['std']:.1f} | "
+                    + " | ".join(f"{v:.1f}" for v in unseen["values"]) + " |")
+    return "\n".join([f"stzsar demo over seeds {', '.join(map(str, seeds))}: mean ± std (sample) over "
+                      f"the seeds; chance (unseen) {summary['chance_unseen']:.1f}", "", *rows])

@@ -1,0 +1,94 @@
+"""What the STI module does on the demo's test videos: the numbers behind docs/training.md's diagnosis.
+
+For a trained model and a test set whose action windows are known (``windows.json`` of the
+generated dataset), over the videos and their true class:
+
+- ``s_sp``: the spread of the spatial score ``S_sp[t]`` (its mean, its standard deviation over the
+  frames of a video, and its mean inside and outside the action window);
+- ``s_temp``: how peaked the temporal weights are (the largest ``S_temp[t]`` of a video; ``1/T``
+  is uniform, 1 a single frame) and how much of the weight falls on the frames of the action
+  window (``window_weight``; ``window_share`` is what uniform weights would give);
+- ``relu_dead``: the share of the projected patch and word features that the ReLU sets to zero;
+- ``projection_shift``: ``|W - I| / |I|`` (Frobenius) of the two projections, i.e. how far they
+  moved from their identity start.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Dict, List, Optional
+
+import torch
+import torch.nn.functional as F
+
+from stzsar.data.sampling import middle_indices
+from stzsar.text import ClassBank
+
+
+def _projection_shift(layer) -> Optional[float]:
+    if layer is None:
+        return None
+    eye = torch.eye(layer.weight.shape[0], dtype=layer.weight.dtype)
+    return float((layer.weight.detach().cpu() - eye).norm() / eye.norm())
+
+
+def _mean(values: List[float]) -> Optional[float]:
+    return float(sum(values) / len(values)) if values else None
+
+
+@torch.no_grad()
+def sti_statistics(model, dataset, bank: ClassBank, windows_path: Path, batch_size: int = 32) -> Dict[str, object]:
+    """The statistics above for ``model`` on ``dataset`` (a demo test set with labels into ``bank``)."""
+    sti = model.sti
+    model.eval()
+    windows = json.loads(Path(windows_path).read_text())
+    root = Path(windows_path).parent
+    num_frames = dataset.spec.num_frames
+    s_sp_mean, s_sp_std, s_sp_in, s_sp_out, peak, in_weight, in_share = [], [], [], [], [], [], []
+    dead_patch, dead_word = [], []
+    for first in range(0, len(dataset), batch_size):
+        indices = list(range(first, min(first + batch_size, len(dataset))))
+        clips = torch.stack([dataset.load(i) for i in indices])
+        labels = torch.tensor([dataset.split.videos[i].label for i in indices])
+        frames, patches = model.encode_video(clips)
+        words, mask = bank.words[labels].to(frames.dtype), bank.word_mask[labels]
+        s_sp, s_temp, _ = sti.saliency(frames, patches, words, mask)  # [b, b, T]: video i vs class of j
+        own = torch.arange(len(indices))
+        s_sp, s_temp = s_sp[own, own], s_temp[own, own]  # [b, T] each video with its own class
+        if sti.patch_proj is not None:
+            projected = F.relu(sti.patch_proj(F.normalize(patches, dim=-1) if sti.normalize else patches))
+            dead_patch.append(float((projected == 0).float().mean()))
+        if sti.word_proj is not None:
+            projected = F.relu(sti.word_proj(F.normalize(words, dim=-1) if sti.normalize else words))
+            dead_word.append(float((projected == 0).float()[mask].mean()))
+        for row, i in enumerate(indices):
+            path = Path(dataset.split.locate(i)).resolve()
+            start, length = windows[path.relative_to(root.resolve()).as_posix()]
+            sampled = middle_indices(len(dataset._decoded(i)[0]), num_frames)  # the test clip's frames
+            inside = torch.tensor([start <= t < start + length for t in sampled])
+            s_sp_mean.append(float(s_sp[row].mean()))
+            s_sp_std.append(float(s_sp[row].std(unbiased=False)))
+            if inside.any():
+                s_sp_in.append(float(s_sp[row][inside].mean()))
+                in_weight.append(float(s_temp[row][inside].sum() / s_temp[row].sum()))
+                in_share.append(float(inside.float().mean()))
+            if (~inside).any():
+                s_sp_out.append(float(s_sp[row][~inside].mean()))
+            peak.append(float((s_temp[row] / s_temp[row].sum()).max()))
+    return {
+        "videos": len(dataset),
+        "s_sp": {"mean": _mean(s_sp_mean), "std_over_frames": _mean(s_sp_std),
+                 "mean_in_window": _mean(s_sp_in), "mean_outside_window": _mean(s_sp_out)},
+        "s_temp": {"max": _mean(peak), "uniform_max": 1.0 / num_frames,
+                   "window_weight": _mean(in_weight), "window_share": _mean(in_share)},
+        "relu_dead": {"patches": _mean(dead_patch), "words": _mean(dead_word)},
+        "projection_shift": {"patch": _projection_shift(sti.patch_proj), "word": _projection_shift(sti.word_proj)},
+    }
+
+
+def epoch_losses(history: List[Dict[str, float]], steps_per_epoch: int) -> List[float]:
+    """The mean training loss of each epoch (the training curve the report keeps)."""
+    losses = [h["loss"] for h in history]
+    size = max(1, steps_per_epoch)
+    return [round(sum(losses[i:i + size]) / len(losses[i:i + size]), 4) for i in range(0, len(losses), size)]
