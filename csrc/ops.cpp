@@ -42,6 +42,17 @@ TORCH_LIBRARY_IMPL(stzsar, Meta, m) {
   m.impl("spatial_maxsim_fused_bwd", &stzsar::spatial_maxsim_fused_bwd_meta);
 }
 
+#ifdef STZSAR_WITH_CUDA
+// Shared-memory limits of the CUDA temporal kernels (csrc/cuda/sti_temporal_kernel.cu), so that
+// backend="auto" can tell in advance whether a shape runs there.
+namespace stzsar {
+namespace sti_cuda {
+bool temporal_fits(int64_t T, int64_t Nw);
+bool similarity_fits(int64_t T);
+}  // namespace sti_cuda
+}  // namespace stzsar
+#endif
+
 namespace {
 bool with_cuda() {
 #ifdef STZSAR_WITH_CUDA
@@ -55,4 +66,8 @@ bool with_cuda() {
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.doc() = "Fused kernels of stzsar (registered as torch.ops.stzsar.*)";
   m.def("with_cuda", &with_cuda, "True when the extension was compiled with its CUDA kernels");
+#ifdef STZSAR_WITH_CUDA
+  m.def("cuda_temporal_fits", &stzsar::sti_cuda::temporal_fits, "Whether the CUDA temporal_saliency kernels take T x Nw");
+  m.def("cuda_similarity_fits", &stzsar::sti_cuda::similarity_fits, "Whether the CUDA sti_similarity kernels take T frames");
+#endif
 }

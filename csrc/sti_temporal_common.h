@@ -15,6 +15,7 @@
 #pragma once
 
 #include <ATen/ATen.h>
+#include <c10/core/impl/LocalDispatchKeySet.h>
 
 #include <cstdint>
 #include <tuple>
@@ -22,6 +23,13 @@
 
 namespace stzsar {
 namespace sti {
+
+// The kernels choose their own compute dtypes (float32 math, float32 results). Under autocast the
+// ATen GEMMs they call would otherwise be recast to bf16/fp16 (and the in-place fp32 epilogue
+// would fail on the mixed dtypes): every kernel entry point holds one of these.
+struct NoAutocast {
+  c10::impl::ExcludeDispatchKeyGuard guard{c10::autocast_dispatch_keyset};
+};
 
 struct TemporalSizes {
   int64_t B, C, T, Nw, D;
@@ -117,6 +125,7 @@ inline std::tuple<at::Tensor, at::Tensor> similarity_epilogue(const at::Tensor& 
                                                               const at::Tensor& class32, const at::Tensor& a,
                                                               const at::Tensor& w, const at::Tensor& u, bool need_v,
                                                               bool need_z) {
+  const NoAutocast no_autocast;
   const int64_t B = s_temp.size(0), C = s_temp.size(1), T = s_temp.size(2), D = frames32.size(2);
   const at::Tensor q_t = (s_temp * a.unsqueeze(-1)).transpose(1, 2);  // [B, T, C]
   at::Tensor grad_v, grad_z;

@@ -29,6 +29,7 @@ because the interpreter computes low-precision dots wrongly.
 
 from __future__ import annotations
 
+import functools
 import os
 from typing import Tuple
 
@@ -251,6 +252,19 @@ def _next_pow2(n: int) -> int:
     return 1 << max(0, (n - 1).bit_length())
 
 
+def launch_on_inputs_device(launcher):
+    """Run ``launcher`` under its first tensor's CUDA device (Triton launches on the current device,
+    which need not be the tensors'), with autocast off: the launchers choose their dtypes (float32
+    accumulation, float32 epilogue GEMMs) whatever the caller's autocast state."""
+
+    @functools.wraps(launcher)
+    def wrapper(first: Tensor, *args, **kwargs):
+        with torch.cuda.device_of(first), torch.autocast(first.device.type, enabled=False):
+            return launcher(first, *args, **kwargs)
+
+    return wrapper
+
+
 def _check_device(*tensors: Tensor) -> None:
     device = tensors[0].device
     if device.type == "cuda":
@@ -269,6 +283,7 @@ def _check_device(*tensors: Tensor) -> None:
         raise RuntimeError(f"the Triton spatial_maxsim kernel does not run on {device.type} tensors")
 
 
+@launch_on_inputs_device
 def triton_spatial_maxsim_fwd(
     patches: Tensor, words: Tensor, word_mask: Tensor
 ) -> Tuple[Tensor, Tensor]:
@@ -427,6 +442,7 @@ def _segment_sum(
     return out
 
 
+@launch_on_inputs_device
 def triton_spatial_maxsim_bwd(
     grad: Tensor, patches: Tensor, words: Tensor, index: Tensor
 ) -> Tuple[Tensor, Tensor]:

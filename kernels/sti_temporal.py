@@ -37,9 +37,14 @@ import triton
 import triton.language as tl
 from torch import Tensor
 
+from stzsar.kernels.spatial_maxsim import launch_on_inputs_device as _launch_on_inputs_device
+
 __all__ = [
+    "limit_message",
+    "similarity_fits",
     "sti_similarity_bwd",
     "sti_similarity_fwd",
+    "temporal_fits",
     "temporal_saliency_bwd",
     "temporal_saliency_fwd",
 ]
@@ -53,6 +58,35 @@ _COEF_ELEMENTS = 1 << 22
 
 def _next_pow2(n: int) -> int:
     return 1 << max(0, int(n) - 1).bit_length()
+
+
+# Largest fp32 tiles the compiled kernels hold per program (registers, staged through shared
+# memory by tl.dot). temporal: [BLOCK_T, CB * NWP]; similarity: the [BLOCK_T, BLOCK_T] Gram
+# matrix. Beyond them the shared memory of an sm_80/sm_90 block is exceeded (the largest accepted
+# shapes are compiled for both in tests/test_sti_temporal.py: 160 KB at T=64, Nw=256 in fp32).
+MAX_TEMPORAL_FRAMES = 64
+MAX_TEMPORAL_WORDS = 256
+MAX_SIMILARITY_FRAMES = 128
+
+
+def temporal_fits(T: int, Nw: int) -> bool:
+    """Whether the compiled temporal_saliency kernels take ``T`` frames x ``Nw`` words."""
+    return T <= MAX_TEMPORAL_FRAMES and Nw <= MAX_TEMPORAL_WORDS
+
+
+def similarity_fits(T: int) -> bool:
+    """Whether the compiled sti_similarity kernels take ``T`` frames."""
+    return T <= MAX_SIMILARITY_FRAMES
+
+
+def limit_message(op: str, T: int, Nw: int) -> str:
+    """Why the compiled kernels of ``op`` cannot take the shape (see :data:`MAX_TEMPORAL_TILE`)."""
+    if op == "temporal_saliency":
+        return (
+            f"the Triton kernel holds a [next_pow2(T), max(64, next_pow2(Nw))] fp32 tile per program in "
+            f"registers and shared memory and takes T <= {MAX_TEMPORAL_FRAMES}, Nw <= {MAX_TEMPORAL_WORDS}"
+        )
+    return f"the Triton kernel holds a T x T Gram matrix per program and takes T <= {MAX_SIMILARITY_FRAMES}, got T={T}"
 
 
 def _check_device(*tensors: Tensor) -> None:
@@ -204,6 +238,7 @@ def _temporal_bwd_kernel(
     tl.store(coef_ptr + coef_offs, d_logit * s, mask=tile_ok)
 
 
+@_launch_on_inputs_device
 def temporal_saliency_fwd(
     s_sp: Tensor, frames: Tensor, words: Tensor, word_mask: Tensor, temperature: float
 ) -> Tensor:
@@ -228,6 +263,7 @@ def _masked(needed: bool, grad: Tensor, like: Tensor) -> Tensor:
     return grad.to(like.dtype) if needed else like.new_empty((0,))
 
 
+@_launch_on_inputs_device
 def temporal_saliency_bwd(
     grad: Tensor,
     s_sp: Tensor,
@@ -385,6 +421,7 @@ def _similarity_bwd_kernel(
     tl.store(coef_ptr + 2 * B * C + o, u, mask=c_ok)
 
 
+@_launch_on_inputs_device
 def sti_similarity_fwd(s_temp: Tensor, frames: Tensor, class_emb: Tensor, eps: float) -> Tensor:
     """``cos [B, C]`` (fp32); inputs contiguous, ``frames``/``class_emb`` of one dtype."""
     _check_device(s_temp, frames, class_emb)
@@ -421,6 +458,7 @@ def _similarity_epilogue(
     return grad_v, grad_z
 
 
+@_launch_on_inputs_device
 def sti_similarity_bwd(
     grad: Tensor,
     s_temp: Tensor,

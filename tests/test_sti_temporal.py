@@ -7,8 +7,10 @@ their gradients come from autograd on those loops.
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
 import math
+import os
 import sys
 from pathlib import Path
 
@@ -422,3 +424,186 @@ def test_flop_counter_reports_the_formulas():
     assert counts[torch.ops.stzsar.sti_similarity] == forward
     backward = forward + 4 * B * T * C * D + 2 * B * T * T * D + 2 * B * C * T * T
     assert counts[torch.ops.stzsar.sti_similarity_backward] == backward
+
+
+# --------------------------------------------------------------------------------------------
+# Shapes the GPU kernels cannot take, and the tensors' device
+# --------------------------------------------------------------------------------------------
+
+
+def _gpu_backends(monkeypatch, found=("torch", "cuda", "triton")):
+    """Pretend that the CUDA and Triton backends are available for CUDA tensors: the choice of
+    backend depends only on the device type and the shape, so it is checked without a GPU."""
+    import stzsar.ops.temporal as temporal_ops
+    from stzsar import _C
+
+    if not _C.with_cuda():
+        pytest.skip("the extension was built without CUDA: its shared-memory limits are not compiled in")
+    pytest.importorskip("stzsar.kernels.sti_temporal", reason="Triton is not installed")
+    monkeypatch.setattr(
+        temporal_ops, "available_backends",
+        lambda device, kernel: found if torch.device(device).type == "cuda" else ("torch", "cpu"),
+    )
+    preferred = {"cuda": "triton", "cpu": "cpu"}
+    monkeypatch.setattr(
+        temporal_ops, "resolve_backend",
+        lambda backend, device, kernel: preferred[torch.device(device).type] if backend == "auto" else backend,
+    )
+    return temporal_ops
+
+
+def test_auto_picks_a_backend_that_runs_the_shape(monkeypatch, caplog):
+    ops = _gpu_backends(monkeypatch)
+    cuda = torch.device("cuda")
+    # The Kinetics-400 shape runs on the Triton kernels.
+    assert ops._resolve("auto", cuda, torch.bfloat16, "temporal_saliency", 16, 32) == "triton"
+    assert ops._resolve("auto", cuda, torch.bfloat16, "sti_similarity", 16) == "triton"
+    # Nw = 300 exceeds the Triton kernel's word limit (256) but fits the CUDA kernel's 48 KB.
+    with caplog.at_level("DEBUG", logger="stzsar.ops.temporal"):
+        assert ops._resolve("auto", cuda, torch.float32, "temporal_saliency", 4, 280) == "cuda"
+    assert "skips triton" in caplog.text and "runs cuda" in caplog.text
+    # T = 64, Nw = 300 fits neither GPU kernel: the plain PyTorch formulation runs it.
+    assert ops._resolve("auto", cuda, torch.float32, "temporal_saliency", 64, 300) == "torch"
+    assert ops._resolve("auto", cuda, torch.float32, "sti_similarity", 256) == "torch"
+    # CPU tensors: no limits.
+    assert ops._resolve("auto", torch.device("cpu"), torch.float32, "temporal_saliency", 64, 300) == "cpu"
+
+
+def test_explicit_backend_that_cannot_run_the_shape_names_the_limit(monkeypatch):
+    ops = _gpu_backends(monkeypatch)
+    cuda = torch.device("cuda")
+    with pytest.raises(ValueError, match=r"backend='triton' cannot run T=64, Nw=300.*Nw <= 256.*\['torch'\]"):
+        ops._resolve("triton", cuda, torch.float32, "temporal_saliency", 64, 300)
+    with pytest.raises(ValueError, match=r"backend='cuda' cannot run T=64, Nw=300.*48 KB.*\['torch'\]"):
+        ops._resolve("cuda", cuda, torch.float32, "temporal_saliency", 64, 300)
+    with pytest.raises(ValueError, match=r"backend='triton' cannot run T=256.*T <= 128.*\['torch'\]"):
+        ops._resolve("triton", cuda, torch.float32, "sti_similarity", 256)
+    assert ops._resolve("triton", cuda, torch.float32, "temporal_saliency", 64, 256) == "triton"
+
+
+def test_triton_limits_follow_the_tile():
+    K = pytest.importorskip("stzsar.kernels.sti_temporal", reason="Triton is not installed")
+    for T, Nw, fits in ((64, 256, True), (64, 257, False), (65, 1, False), (16, 256, True), (1, 1, True)):
+        assert K.temporal_fits(T, Nw) is fits, (T, Nw)
+    assert K.similarity_fits(128) and not K.similarity_fits(129)
+
+
+def test_triton_launchers_run_under_the_tensors_device(monkeypatch):
+    """Each launcher enters ``torch.cuda.device_of(first input)`` (the current CUDA device need not
+    be the tensors'); on a machine with two GPUs the kernels also run on cuda:1 while cuda:0 is
+    current (benchmarks/gpu_check.sh)."""
+    K = pytest.importorskip("stzsar.kernels.sti_temporal", reason="Triton is not installed")
+    entered = []
+    real = torch.cuda.device_of
+
+    def spy(obj):
+        entered.append(obj.device)
+        return real(obj)
+
+    monkeypatch.setattr(torch.cuda, "device_of", spy)
+    if torch.cuda.device_count() >= 2:
+        device = torch.device("cuda", 1)
+    elif not torch.cuda.is_available() and K._INTERPRET:
+        device = torch.device("cpu")
+    else:
+        pytest.skip("needs two GPUs, or the Triton interpreter on CPU tensors")
+    s_sp, frames, words, mask, class_emb = make_inputs(1, 2, 3, 2, 16, device=device)
+    with torch.cuda.device(0) if device.type == "cuda" else contextlib.nullcontext():
+        out = K.temporal_saliency_fwd(s_sp, frames, words, mask, 0.1)
+        cos = K.sti_similarity_fwd(out, frames, class_emb, EPS)
+    assert entered == [device, device]
+    expected = reference_similarity(reference_temporal(s_sp.cpu(), frames.cpu(), words.cpu(), mask.cpu(), 0.1),
+                                    frames.cpu(), class_emb.cpu())
+    assert max_rel_error(cos, expected) < 1e-5
+
+
+# --------------------------------------------------------------------------------------------
+# Ahead-of-time compilation of the GPU kernels (no GPU needed)
+# --------------------------------------------------------------------------------------------
+
+# Compiles the four temporal kernels for sm_90 and sm_80 down to a cubin in a fresh interpreter
+# (Triton picks the interpreter at import, so this cannot run in the test process). Arguments:
+# "T,Nw,D,dtype" shapes. Prints the shared memory of each kernel.
+_AOT_SCRIPT = r"""
+import sys
+import triton
+from triton.backends.compiler import GPUTarget
+import stzsar.kernels.sti_temporal as k
+
+SMEM = {90: 232448, 80: 166912}  # bytes of shared memory one block may use (H100/H200, A100)
+TEMPORAL = ["BLOCK_T", "NWP", "CB", "BLOCK_D", "UPCAST", "IEEE"]
+SIMILARITY = ["BLOCK_T", "CBZ", "BLOCK_D", "UPCAST", "IEEE"]
+
+def signature(pointers, scalars, consts):
+    return {**pointers, **scalars, **{name: "constexpr" for name in consts}}
+
+for spec in sys.argv[1:]:
+    T, Nw, D, dtype = spec.split(",")
+    T, Nw, D = int(T), int(Nw), int(D)
+    f = "*" + dtype
+    temporal = dict(k._temporal_blocks(T, Nw, D), UPCAST=False, IEEE=dtype == "fp32")
+    similarity = dict(k._similarity_blocks(T, D), UPCAST=False, IEEE=dtype == "fp32")
+    ints = {"C": "i32", "T": "i32", "Nw": "i32", "D": "i32", "tau": "fp32"}
+    kernels = [
+        (k._temporal_fwd_kernel, signature(
+            {"s_ptr": "*fp32", "v_ptr": f, "w_ptr": f, "mask_ptr": "*u8", "out_ptr": "*fp32"}, ints, TEMPORAL), temporal),
+        (k._temporal_bwd_kernel, signature(
+            {"g_ptr": "*fp32", "s_ptr": "*fp32", "v_ptr": f, "w_ptr": f, "mask_ptr": "*u8", "gs_ptr": "*fp32",
+             "coef_ptr": "*fp32"}, {**ints, "c_lo": "i32", "c_hi": "i32", "ldc": "i32"}, TEMPORAL), temporal),
+        (k._similarity_fwd_kernel, signature(
+            {"s_ptr": "*fp32", "v_ptr": f, "z_ptr": f, "out_ptr": "*fp32"},
+            {"C": "i32", "T": "i32", "D": "i32", "eps": "fp32"}, SIMILARITY), similarity),
+        (k._similarity_bwd_kernel, signature(
+            {"g_ptr": "*fp32", "s_ptr": "*fp32", "v_ptr": f, "z_ptr": f, "gs_ptr": "*fp32", "coef_ptr": "*fp32"},
+            {"B": "i32", "C": "i32", "T": "i32", "D": "i32", "eps": "fp32"}, SIMILARITY), similarity),
+    ]
+    for cc, ptx in ((90, 64), (80, 32)):
+        for fn, sig, consts in kernels:
+            compiled = triton.compile(triton.compiler.ASTSource(fn=fn, signature=sig, constexprs=consts),
+                                      target=GPUTarget("cuda", cc, ptx), options={"num_warps": 4})
+            assert "cubin" in compiled.asm, (spec, cc, fn.__name__)
+            shared = compiled.metadata.shared
+            assert shared <= SMEM[cc], f"{fn.__name__} at {spec} needs {shared} B of shared memory on sm_{cc}"
+            print(spec, f"sm{cc}", fn.__name__, "shared", shared)
+"""
+
+
+def _compile_ahead_of_time(*shapes: str) -> str:
+    import subprocess
+
+    try:
+        import triton.backends.nvidia  # noqa: F401
+    except ImportError:
+        pytest.skip("this Triton build has no NVIDIA backend to compile for")
+    pytest.importorskip("stzsar.kernels.sti_temporal", reason="Triton is not installed")
+    env = {key: value for key, value in os.environ.items() if key != "TRITON_INTERPRET"}
+    done = subprocess.run(
+        [sys.executable, "-c", _AOT_SCRIPT, *shapes], capture_output=True, text=True, env=env, timeout=900
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    return done.stdout
+
+
+def test_kernels_compile_for_sm90_and_sm80():
+    """The compiled (non-interpreted) temporal kernels build for H100/H200 and A100 at the K400
+    shape (T=16, Nw=32, D=512; bf16 and fp32) and the edge shapes T=1, Nw=1, Nw=77, D=1024,
+    within each architecture's shared memory: catches GPU-only errors without a GPU."""
+    shapes = ["16,32,512,bf16", "16,32,512,fp32", "1,32,512,fp32", "16,1,512,fp32", "16,77,512,bf16",
+              "16,32,1024,fp32"]
+    out = _compile_ahead_of_time(*shapes)
+    for shape in shapes:
+        for cc in ("sm90", "sm80"):
+            assert out.count(f"{shape} {cc} ") == 4, out
+
+
+@pytest.mark.skipif(
+    os.environ.get("STZSAR_AOT_LIMITS") != "1",
+    reason="compiling the largest tiles takes minutes on a CPU; STZSAR_AOT_LIMITS=1 runs it (gpu_check.sh does)",
+)
+def test_largest_accepted_shapes_fit_shared_memory():
+    """At the limits of ``temporal_fits`` / ``similarity_fits`` (fp32, the largest tiles) the
+    kernels still fit an A100's and an H200's shared memory."""
+    K = pytest.importorskip("stzsar.kernels.sti_temporal", reason="Triton is not installed")
+    assert K.temporal_fits(64, 256) and K.similarity_fits(128)
+    out = _compile_ahead_of_time("64,256,1024,fp32", "128,1,1024,fp32")
+    assert out.count("sm80") == 8 and out.count("sm90") == 8, out

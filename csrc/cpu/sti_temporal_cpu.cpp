@@ -124,6 +124,7 @@ inline void tile_softmax(const float* s, const float* dot, int64_t ld, const boo
 at::Tensor temporal_saliency_fused_fwd_cpu(const at::Tensor& s_sp, const at::Tensor& frames, const at::Tensor& words,
                                            const at::Tensor& word_mask, double temperature) {
   at::AutoDispatchBelowADInplaceOrView guard;  // the GEMMs below are not part of any autograd graph
+  const sti::NoAutocast no_autocast;
   const TemporalSizes z = sti::check_temporal(kTemporalFwd, at::Tensor(), s_sp, frames, words, word_mask,
                                               temperature, c10::DeviceType::CPU);
   at::Tensor out = at::zeros({z.B, z.C, z.T}, s_sp.options());
@@ -169,6 +170,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> temporal_saliency_fused_bwd_cpu(
     const at::Tensor& grad, const at::Tensor& s_sp, const at::Tensor& frames, const at::Tensor& words,
     const at::Tensor& word_mask, double temperature, std::array<bool, 3> output_mask) {
   at::AutoDispatchBelowADInplaceOrView guard;  // the GEMMs below are not part of any autograd graph
+  const sti::NoAutocast no_autocast;
   const TemporalSizes z = sti::check_temporal(kTemporalBwd, grad, s_sp, frames, words, word_mask, temperature,
                                               c10::DeviceType::CPU);
   const int64_t B = z.B, C = z.C, T = z.T, Nw = z.Nw, D = z.D, BT = z.B * z.T;
@@ -279,6 +281,7 @@ inline void numerator_and_norm(const float* s, const float* zv, int64_t stride, 
 at::Tensor sti_similarity_fused_fwd_cpu(const at::Tensor& s_temp, const at::Tensor& frames,
                                         const at::Tensor& class_emb, double eps) {
   at::AutoDispatchBelowADInplaceOrView guard;  // the GEMMs below are not part of any autograd graph
+  const sti::NoAutocast no_autocast;
   const SimilaritySizes z = sti::check_similarity(kSimilarityFwd, at::Tensor(), s_temp, frames, class_emb, eps,
                                                   c10::DeviceType::CPU);
   const int64_t B = z.B, C = z.C, T = z.T;
@@ -314,6 +317,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> sti_similarity_fused_bwd_cpu(cons
                                                                             const at::Tensor& class_emb, double eps,
                                                                             std::array<bool, 3> output_mask) {
   at::AutoDispatchBelowADInplaceOrView guard;  // the GEMMs below are not part of any autograd graph
+  const sti::NoAutocast no_autocast;
   const SimilaritySizes z = sti::check_similarity(kSimilarityBwd, grad, s_temp, frames, class_emb, eps,
                                                   c10::DeviceType::CPU);
   const int64_t B = z.B, C = z.C, T = z.T;

@@ -55,6 +55,7 @@ at::Tensor temporal_saliency_fused_fwd_cuda(const at::Tensor& s_sp, const at::Te
                                      c10::DeviceType::CUDA);
   check_temporal_limits(op, z);
   const c10::cuda::CUDAGuard guard(s_sp.device());
+  const sti::NoAutocast no_autocast;
   at::Tensor out = at::zeros({z.B, z.C, z.T}, s_sp.options());
   if (out.numel() == 0 || z.Nw == 0) return out;
   const cudaStream_t stream = c10::cuda::getCurrentCUDAStream(s_sp.device().index()).stream();
@@ -74,6 +75,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> temporal_saliency_fused_bwd_cuda(
       sti::check_temporal(op, grad, s_sp, frames, words, word_mask, temperature, c10::DeviceType::CUDA);
   check_temporal_limits(op, z);
   const c10::cuda::CUDAGuard guard(s_sp.device());
+  const sti::NoAutocast no_autocast;
   at::AutoDispatchBelowADInplaceOrView below_autograd;  // the epilogue GEMMs are not part of any graph
   const int64_t B = z.B, C = z.C, T = z.T, Nw = z.Nw, D = z.D, BT = B * T;
   const auto fopts = s_sp.options().dtype(at::kFloat);
@@ -113,6 +115,7 @@ at::Tensor sti_similarity_fused_fwd_cuda(const at::Tensor& s_temp, const at::Ten
   const auto z = sti::check_similarity(op, at::Tensor(), s_temp, frames, class_emb, eps, c10::DeviceType::CUDA);
   check_similarity_limits(op, z);
   const c10::cuda::CUDAGuard guard(s_temp.device());
+  const sti::NoAutocast no_autocast;
   at::Tensor out = at::zeros({z.B, z.C}, s_temp.options());
   if (out.numel() == 0) return out;
   const cudaStream_t stream = c10::cuda::getCurrentCUDAStream(s_temp.device().index()).stream();
@@ -132,6 +135,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> sti_similarity_fused_bwd_cuda(con
   const auto z = sti::check_similarity(op, grad, s_temp, frames, class_emb, eps, c10::DeviceType::CUDA);
   check_similarity_limits(op, z);
   const c10::cuda::CUDAGuard guard(s_temp.device());
+  const sti::NoAutocast no_autocast;
   at::AutoDispatchBelowADInplaceOrView below_autograd;
   const auto fopts = s_temp.options().dtype(at::kFloat);
   at::Tensor grad_s = at::zeros({z.B, z.C, z.T}, fopts);

@@ -18,7 +18,6 @@ chunk's projection runs F.normalize's own ops, then F.linear and F.relu), ties i
 
 from __future__ import annotations
 
-import contextlib
 from typing import Optional, Tuple
 
 import torch
@@ -29,6 +28,7 @@ from stzsar.ops.spatial_maxsim import (
     _check_inputs,
     _forward_impl,
     maxsim_flops,
+    no_autocast,
     output_dtype,
     resolve_backend,
 )
@@ -73,13 +73,6 @@ def _project(
     return unit, norm, F.relu(F.linear(unit, weight, bias))
 
 
-def _no_autocast(tensor: Tensor):
-    """The op's inputs already carry the dtype to compute in (see the Python face)."""
-    if not torch.amp.is_autocast_available(tensor.device.type):
-        return contextlib.nullcontext()
-    return torch.autocast(tensor.device.type, enabled=False)
-
-
 def _frame_chunks(total: int, chunk_frames: int):
     for start in range(0, total, chunk_frames):
         yield start, min(total, start + chunk_frames)
@@ -108,13 +101,13 @@ def _projected_op(
     # Scores and winners per (class, flat frame); chunks of flat frames may straddle videos.
     out = patches.new_empty((C, B * T), dtype=output_dtype(patches.dtype))
     index = torch.empty((C, B * T), dtype=torch.int32, device=patches.device)
-    for start, stop in _frame_chunks(B * T, chunk_frames):
-        with _no_autocast(patches):
+    with no_autocast(patches):  # the inputs already carry the dtype to project in (see the face)
+        for start, stop in _frame_chunks(B * T, chunk_frames):
             _, _, projected = _project(frames[start:stop], weight, bias, normalize)
-        scores, winners = _forward_impl(backend, projected.unsqueeze(0), words, word_mask)
-        del projected
-        out[:, start:stop] = scores[0]
-        index[:, start:stop] = winners[0]
+            scores, winners = _forward_impl(backend, projected.unsqueeze(0), words, word_mask)
+            del projected
+            out[:, start:stop] = scores[0]
+            index[:, start:stop] = winners[0]
     return (
         out.view(C, B, T).permute(1, 0, 2).contiguous(),
         index.view(C, B, T).permute(1, 0, 2).contiguous(),
@@ -142,7 +135,13 @@ def _projected_backward_op(
     normalize: bool,
     chunk_frames: int,
 ) -> Tuple[Tensor, Tensor, Tensor, Tensor]:
-    """``(dP, dW, dbias, dA~)``; ``dbias`` is empty when there is no bias."""
+    """``(dP, dW, dbias, dA~)``; ``dbias`` is empty when there is no bias. The gradient GEMMs run
+    in float32 (autocast off), the projection it recomputes in the inputs' dtype as the forward."""
+    with no_autocast(patches):
+        return _projected_backward(grad, index, patches, weight, bias, words, normalize, chunk_frames)
+
+
+def _projected_backward(grad, index, patches, weight, bias, words, normalize, chunk_frames):
     B, T, Np, D = patches.shape
     C, Nw, _ = words.shape
     acc = output_dtype(patches.dtype)
@@ -161,8 +160,7 @@ def _projected_backward_op(
     for start, stop in _frame_chunks(B * T, chunk_frames):
         n = stop - start
         chunk = frames[start:stop]
-        with _no_autocast(patches):
-            unit, norm, projected = _project(chunk, weight, bias, normalize)  # as in the forward
+        unit, norm, projected = _project(chunk, weight, bias, normalize)  # as in the forward
         # Only the winners get gradient: dP~[t, k*] += g A~[c, l*], dA~[c, l*] += g P~[t, k*].
         # The winning rows are gathered a block of classes at a time ([classes, n, D], within
         # the chunk budget), and no [C, Nw, D] buffer is made per chunk.

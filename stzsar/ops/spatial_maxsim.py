@@ -16,6 +16,7 @@ Backends (``backend=``):
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import os
 from typing import Optional, Tuple
@@ -39,6 +40,15 @@ def maxsim_flops(batch: int, frames: int, patches: int, classes: int, words: int
 def output_dtype(input_dtype: torch.dtype) -> torch.dtype:
     """Scores are float32 (float64 only for float64 inputs, which reference checks use)."""
     return torch.float64 if input_dtype == torch.float64 else torch.float32
+
+
+def no_autocast(tensor: Tensor):
+    """Autocast off for ``tensor``'s device type. The ops of :mod:`stzsar.ops` choose their compute
+    dtypes themselves (inputs read in their dtype, float32 accumulation and results), the same on
+    every backend; their bodies run under this, so autocast never recasts the GEMMs inside them."""
+    if not torch.amp.is_autocast_available(tensor.device.type):
+        return contextlib.nullcontext()
+    return torch.autocast(tensor.device.type, enabled=False)
 
 
 # --------------------------------------------------------------------------------------------
@@ -197,7 +207,8 @@ def _backward_impl(backend: str, grad: Tensor, patches: Tensor, words: Tensor, i
 def _spatial_maxsim_op(
     patches: Tensor, words: Tensor, word_mask: Tensor, backend: str
 ) -> Tuple[Tensor, Tensor]:
-    out, index = _forward_impl(backend, patches.contiguous(), words.contiguous(), word_mask.contiguous())
+    with no_autocast(patches):
+        out, index = _forward_impl(backend, patches.contiguous(), words.contiguous(), word_mask.contiguous())
     return out, index
 
 
@@ -215,9 +226,10 @@ def _(patches, words, word_mask, backend):
 def _spatial_maxsim_backward_op(
     grad: Tensor, patches: Tensor, words: Tensor, index: Tensor, backend: str
 ) -> Tuple[Tensor, Tensor]:
-    grad_p, grad_w = _backward_impl(
-        backend, grad.contiguous(), patches.contiguous(), words.contiguous(), index.contiguous()
-    )
+    with no_autocast(patches):
+        grad_p, grad_w = _backward_impl(
+            backend, grad.contiguous(), patches.contiguous(), words.contiguous(), index.contiguous()
+        )
     return grad_p, grad_w
 
 
@@ -313,5 +325,9 @@ def spatial_maxsim(
     patches: Tensor, words: Tensor, word_mask: Tensor, backend: str = "auto"
 ) -> Tensor:
     """``S_sp [B, C, T]`` (float32) from ``patches [B, T, Np, D]``, ``words [C, Nw, D]`` and
-    ``word_mask [C, Nw]`` (bool). Differentiable in ``patches`` and ``words``."""
+    ``word_mask [C, Nw]`` (bool). Differentiable in ``patches`` and ``words``.
+
+    The inputs are read in their own dtype (the two promoted to a common one) and the dot products
+    accumulate in float32 on every backend, with or without autocast (which does not recast them);
+    the gradients come back in the inputs' dtypes."""
     return spatial_maxsim_with_index(patches, words, word_mask, backend)[0]

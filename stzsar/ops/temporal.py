@@ -24,7 +24,10 @@ Backends (``backend=``), as for :mod:`stzsar.ops.spatial_maxsim`:
 - ``"cuda"``: the CUDA kernels of ``stzsar._C`` (csrc/cuda/sti_temporal_*);
 - ``"triton"``: the Triton kernels of ``stzsar.kernels.sti_temporal`` (CUDA tensors, or CPU
   tensors under ``TRITON_INTERPRET=1``);
-- ``"auto"``: the preferred available one for the tensors' device.
+- ``"auto"``: the preferred available one for the tensors' device that can run the shape (the GPU
+  kernels hold per-program tiles on chip, so large T or Nw rule them out; the choice is logged at
+  DEBUG level on the ``stzsar.ops.temporal`` logger). An explicit backend that cannot run the
+  shape raises a ``ValueError`` naming the limit and the backends that can.
 
 The fused kernels handle one (video, class block) per program: the ``T x Nw`` frame-word dot
 products, the per-word softmax over time (stable: the maximum over t is subtracted) and the mean
@@ -35,12 +38,15 @@ than saving ``[B, C, T, Nw]``; their reductions over videos (word gradients) and
 
 from __future__ import annotations
 
-from typing import List, Sequence, Tuple
+import logging
+from typing import List, Optional, Sequence, Tuple
 
 import torch
 from torch import Tensor
 
-from stzsar.ops.spatial_maxsim import check_word_mask, output_dtype, resolve_backend
+from stzsar.ops.spatial_maxsim import available_backends, check_word_mask, no_autocast, output_dtype, resolve_backend
+
+_log = logging.getLogger(__name__)
 
 __all__ = [
     "SIMILARITY_EPS",
@@ -100,8 +106,9 @@ def torch_temporal_forward(
     s_sp: Tensor, frames: Tensor, words: Tensor, word_mask: Tensor, temperature: float
 ) -> Tensor:
     acc = output_dtype(frames.dtype)
-    _, probs = _temporal_probs(s_sp.to(acc), frames.to(acc), words.to(acc), temperature)
-    return (probs * _word_weights(word_mask, acc)).sum(-1)
+    with no_autocast(frames):  # float32 math as in the fused kernels, also when called directly
+        _, probs = _temporal_probs(s_sp.to(acc), frames.to(acc), words.to(acc), temperature)
+        return (probs * _word_weights(word_mask, acc)).sum(-1)
 
 
 def _temporal_probs(s: Tensor, v: Tensor, a: Tensor, temperature: float) -> Tuple[Tensor, Tensor]:
@@ -189,10 +196,59 @@ def _triton_module():
     return sti_temporal
 
 
-def _resolve(backend: str, device: torch.device, dtype: torch.dtype) -> str:
-    resolved = resolve_backend(backend, device, kernel="sti_temporal")
+def _shape_limit(backend: str, device_type: str, op: str, frames: int, words: int) -> Optional[str]:
+    """Why ``backend`` cannot run ``op`` (``"temporal_saliency"`` or ``"sti_similarity"``) at
+    ``frames`` x ``words`` on ``device_type``, or None when it can. Only the GPU kernels have
+    limits: they hold per-program tiles in registers/shared memory (CPU kernels and Triton's
+    interpreter do not)."""
+    if device_type != "cuda":
+        return None
+    if backend == "triton":
+        limits = _triton_module()
+        fits = (
+            limits.temporal_fits(frames, words) if op == "temporal_saliency" else limits.similarity_fits(frames)
+        )
+        return None if fits else limits.limit_message(op, frames, words)
+    if backend == "cuda":
+        from stzsar import _C
+
+        if op == "temporal_saliency" and not _C.cuda_temporal_fits(frames, words):
+            return f"the CUDA kernel keeps T x Nw = {frames} x {words} dot products in 48 KB of shared memory, too many"
+        if op == "sti_similarity" and not _C.cuda_similarity_fits(frames):
+            return f"the CUDA kernel keeps a T x T = {frames} x {frames} Gram matrix in 48 KB of shared memory, too large"
+    return None
+
+
+@torch.compiler.assume_constant_result
+def _resolve(
+    backend: str, device: torch.device, dtype: torch.dtype, op: str, frames: int, words: int = 0
+) -> str:
+    """The backend that runs ``op`` at this shape: ``auto`` takes the first of its preference order
+    that is available and can run the shape; an explicit backend that cannot raises, naming the
+    limit and the backends that can."""
     if dtype == torch.float64:
+        resolve_backend(backend, device, kernel="sti_temporal")  # still reject unknown names
         return "torch"  # the kernels take fp32/fp16/bf16; float64 is for reference checks
+    device = torch.device(device)
+    if backend == "auto":
+        preferred = resolve_backend("auto", device, kernel="sti_temporal")
+        order = [preferred] + [b for b in ("triton", "cuda", "cpu", "torch") if b != preferred]
+        found = available_backends(device, kernel="sti_temporal")
+        for name in (b for b in order if b in found):
+            reason = _shape_limit(name, device.type, op, frames, words)
+            if reason is None:
+                _log.debug("%s: backend='auto' runs %s (T=%d, Nw=%d, %s)", op, name, frames, words, dtype)
+                return name
+            _log.debug("%s: backend='auto' skips %s: %s", op, name, reason)
+    resolved = resolve_backend(backend, device, kernel="sti_temporal")
+    reason = _shape_limit(resolved, device.type, op, frames, words)
+    if reason is not None:
+        found = available_backends(device, kernel="sti_temporal")
+        able = [b for b in found if _shape_limit(b, device.type, op, frames, words) is None]
+        raise ValueError(
+            f"{op}: backend={resolved!r} cannot run T={frames}, Nw={words}: {reason}; "
+            f"use one of {able} (backend='auto' picks one)"
+        )
     return resolved
 
 
@@ -206,11 +262,12 @@ def _temporal_saliency_op(
     s_sp: Tensor, frames: Tensor, words: Tensor, word_mask: Tensor, temperature: float, backend: str
 ) -> Tensor:
     args = (s_sp.contiguous(), frames.contiguous(), words.contiguous(), word_mask.contiguous())
-    if backend == "torch":
-        return torch_temporal_forward(*args, temperature)
-    if backend in ("cpu", "cuda"):
-        return torch.ops.stzsar.temporal_saliency_fused_fwd(*args, temperature)
-    return _triton_module().temporal_saliency_fwd(*args, temperature)
+    with no_autocast(frames):
+        if backend == "torch":
+            return torch_temporal_forward(*args, temperature)
+        if backend in ("cpu", "cuda"):
+            return torch.ops.stzsar.temporal_saliency_fused_fwd(*args, temperature)
+        return _triton_module().temporal_saliency_fwd(*args, temperature)
 
 
 @_temporal_saliency_op.register_fake
@@ -238,11 +295,12 @@ def _temporal_saliency_backward_op(
         word_mask.contiguous(),
     )
     mask = [bool(x) for x in output_mask]
-    if backend == "torch":
-        return torch_temporal_backward(*args, temperature, mask)
-    if backend in ("cpu", "cuda"):
-        return torch.ops.stzsar.temporal_saliency_fused_bwd(*args, temperature, mask)
-    return _triton_module().temporal_saliency_bwd(*args, temperature, mask)
+    with no_autocast(frames):
+        if backend == "torch":
+            return torch_temporal_backward(*args, temperature, mask)
+        if backend in ("cpu", "cuda"):
+            return torch.ops.stzsar.temporal_saliency_fused_bwd(*args, temperature, mask)
+        return _triton_module().temporal_saliency_bwd(*args, temperature, mask)
 
 
 def _masked_like(output_mask: Sequence[bool], *inputs: Tensor) -> Tuple[Tensor, ...]:
@@ -276,11 +334,12 @@ _temporal_saliency_op.register_autograd(_temporal_backward, setup_context=_tempo
 @torch.library.custom_op("stzsar::sti_similarity", mutates_args=())
 def _sti_similarity_op(s_temp: Tensor, frames: Tensor, class_emb: Tensor, backend: str) -> Tensor:
     args = (s_temp.contiguous(), frames.contiguous(), class_emb.contiguous())
-    if backend == "torch":
-        return torch_similarity_forward(*args, SIMILARITY_EPS)
-    if backend in ("cpu", "cuda"):
-        return torch.ops.stzsar.sti_similarity_fused_fwd(*args, SIMILARITY_EPS)
-    return _triton_module().sti_similarity_fwd(*args, SIMILARITY_EPS)
+    with no_autocast(frames):
+        if backend == "torch":
+            return torch_similarity_forward(*args, SIMILARITY_EPS)
+        if backend in ("cpu", "cuda"):
+            return torch.ops.stzsar.sti_similarity_fused_fwd(*args, SIMILARITY_EPS)
+        return _triton_module().sti_similarity_fwd(*args, SIMILARITY_EPS)
 
 
 @_sti_similarity_op.register_fake
@@ -295,11 +354,12 @@ def _sti_similarity_backward_op(
     """Gradients w.r.t. (s_temp, frames, class_emb); those that ``output_mask`` leaves out are empty."""
     args = (grad.contiguous(), s_temp.contiguous(), frames.contiguous(), class_emb.contiguous())
     mask = [bool(x) for x in output_mask]
-    if backend == "torch":
-        return torch_similarity_backward(*args, SIMILARITY_EPS, mask)
-    if backend in ("cpu", "cuda"):
-        return torch.ops.stzsar.sti_similarity_fused_bwd(*args, SIMILARITY_EPS, mask)
-    return _triton_module().sti_similarity_bwd(*args, SIMILARITY_EPS, mask)
+    with no_autocast(frames):
+        if backend == "torch":
+            return torch_similarity_backward(*args, SIMILARITY_EPS, mask)
+        if backend in ("cpu", "cuda"):
+            return torch.ops.stzsar.sti_similarity_fused_bwd(*args, SIMILARITY_EPS, mask)
+        return _triton_module().sti_similarity_bwd(*args, SIMILARITY_EPS, mask)
 
 
 @_sti_similarity_backward_op.register_fake
@@ -391,7 +451,9 @@ def temporal_saliency(
         backend: see the module docstring.
 
     Returns float32 (float64 for float64 inputs), differentiable in ``s_sp``, ``frames`` and
-    ``words``.
+    ``words``. Every backend reads the features in their dtype and computes in float32, with or
+    without autocast (which does not recast anything inside the op); the gradients come back in
+    the inputs' dtypes (``s_sp``'s in float32).
     """
     if s_sp.dim() != 3:
         raise ValueError(f"s_sp must be [B, C, T], got shape {tuple(s_sp.shape)}")
@@ -429,7 +491,7 @@ def temporal_saliency(
             common = torch.promote_types(frames.dtype, words.dtype)
             frames, words = frames.to(common), words.to(common)
         s_sp = s_sp.float()  # scores stay float32 whatever the feature dtype
-    resolved = _resolve(backend, device, frames.dtype)
+    resolved = _resolve(backend, device, frames.dtype, "temporal_saliency", T, words.shape[1])
     return _temporal_saliency_op(s_sp, frames, words, word_mask, float(temperature), resolved)
 
 
@@ -444,7 +506,8 @@ def sti_similarity(s_temp: Tensor, frames: Tensor, class_emb: Tensor, backend: s
         backend: see the module docstring.
 
     The denominator ``|z_c| |f_st|`` is clamped to :data:`SIMILARITY_EPS`. Returns float32
-    (float64 for float64 inputs), differentiable in all three inputs.
+    (float64 for float64 inputs), differentiable in all three inputs. As for
+    :func:`temporal_saliency`, the math is float32 on every backend whether autocast is on or not.
     """
     if s_temp.dim() != 3:
         raise ValueError(f"s_temp must be [B, C, T], got shape {tuple(s_temp.shape)}")
@@ -470,5 +533,5 @@ def sti_similarity(s_temp: Tensor, frames: Tensor, class_emb: Tensor, backend: s
             common = torch.promote_types(frames.dtype, class_emb.dtype)
             frames, class_emb = frames.to(common), class_emb.to(common)
         s_temp = s_temp.float()
-    resolved = _resolve(backend, device, frames.dtype)
+    resolved = _resolve(backend, device, frames.dtype, "sti_similarity", T)
     return _sti_similarity_op(s_temp, frames, class_emb, resolved)
