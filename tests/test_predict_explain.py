@@ -145,6 +145,9 @@ def test_explanation_matches_the_spec_equations(assets, tmp_path):
     prompt_vocabulary = {"this", "is", "a", "video", "about", "salsa", "spin", "dance", "partner", "turn", ",", "."}
     for word in e.winning_words():
         assert word["word"] in prompt_vocabulary
+        # the default word set: template words and punctuation never win
+        assert word["role"] in ("class", "attribute") and word["word"] not in {"this", "is", "a", "video", ",", "."}
+    assert sum(w["weight"] for w in e.winning_words()) == pytest.approx(float(s_temp[0, 0].sum()), rel=1e-6)
     path = render_explanation(e, tmp_path / "explained.png")
     import matplotlib.image
 
@@ -182,6 +185,7 @@ def test_explain_command_writes_the_picture(assets, tmp_path, capsys):
     assert data["predicted"] == "salsa spin"  # the class asked for, in any naming style
     assert len(data["s_temp"]) == FRAMES and math.isclose(sum(data["s_temp"]), 1.0, rel_tol=1e-5)
     assert data["frame_indices"] == [1, 4, 7, 10]  # middles of 4 segments of 12 frames
+    assert data["winning_words"] and all({"word", "role", "weight"} <= set(w) for w in data["winning_words"])
     assert "wrote" in capsys.readouterr().out
     assert main(["explain", str(assets["empty"]), *common(assets), "--out", str(tmp_path / "x.png")]) == 1
     assert main(["explain", str(assets["video"]), *common(assets), "--out", str(tmp_path / "y.png"),

@@ -92,3 +92,42 @@ def epoch_losses(history: List[Dict[str, float]], steps_per_epoch: int) -> List[
     losses = [h["loss"] for h in history]
     size = max(1, steps_per_epoch)
     return [round(sum(losses[i:i + size]) / len(losses[i:i + size]), 4) for i in range(0, len(losses), size)]
+
+
+def _on_actor(frame, row: int, col: int, cell_h: float, cell_w: float, rgb) -> bool:
+    """Whether the patch (row, col) of ``frame`` (uint8 [H, W, 3]) holds pixels of the actor's colour
+    (distractors have other colours, the clutter is grey; see :mod:`stzsar.demo.actions`)."""
+    import numpy as np
+
+    cell = frame[int(row * cell_h):int((row + 1) * cell_h), int(col * cell_w):int((col + 1) * cell_w)]
+    return bool((np.abs(cell.astype(int) - np.array(rgb)).sum(-1) < 60).any())
+
+
+def explain_example(model, clip, bank: ClassBank, class_names: List[str], label: int, rgb,
+                    window, frame_indices: List[int]) -> Dict[str, object]:
+    """``stzsar explain`` on one video (its top class, as the command does; ``label`` is the true
+    one), summed up: the winning words
+    with their role and ``S_temp`` weight, the share of that weight on class and attribute words,
+    on the frames of the action window, and how many of the window's frames have their winning
+    patch on the actor."""
+    from stzsar.eval.explain import explain_video
+
+    e = explain_video(model, clip, bank, class_names, frame_indices=frame_indices)
+    words = e.winning_words()
+    total = float(e.s_temp.sum())
+    content = sum(w["weight"] for w in words if w["role"] in ("class", "attribute"))
+    start, length = window
+    inside = [t for t, index in enumerate(frame_indices) if start <= index < start + length]
+    gh, gw = e.patch_scores.shape[1:]
+    height, width = e.frames.shape[1:3]
+    on_actor = [_on_actor(e.frames[t], *divmod(int(e.winner_patch[t]), gw), height / gh, width / gw, rgb)
+                for t in inside]
+    return {
+        "predicted": e.class_names[e.target],
+        "true_class": class_names[label],
+        "winning_words": [{k: w[k] for k in ("word", "role", "weight", "frames")} for w in words],
+        "class_and_attribute_weight": content / total if total else None,
+        "window_frames": inside,
+        "window_weight": float(e.s_temp[inside].sum()) / total if total and inside else None,
+        "window_winners_on_actor": sum(on_actor),
+    }

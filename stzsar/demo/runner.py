@@ -215,6 +215,21 @@ def _variants(ablations: str):
     return VARIANTS + (SWEEP_VARIANTS if ablations == "full" else ())
 
 
+def _explain_example(model, dataset, unseen_test, unseen_bank) -> Dict[str, Any]:
+    """:func:`stzsar.demo.diagnostics.explain_example` on the report's example video."""
+    from stzsar.data.sampling import middle_indices
+    from stzsar.demo.actions import COLOURS
+    from stzsar.demo.diagnostics import explain_example
+
+    index = next(i for i in range(len(unseen_test))
+                 if Path(unseen_test.split.locate(i)).resolve() == Path(dataset.example_video).resolve())
+    cls = next(c for c in dataset.classes if c.name == Path(dataset.example_video).parent.name)
+    window = json.loads(dataset.windows.read_text())[Path(dataset.example_video).relative_to(dataset.root).as_posix()]
+    sampled = middle_indices(len(unseen_test._decoded(index)[0]), unseen_test.spec.num_frames)
+    return explain_example(model, unseen_test.load(index), unseen_bank, dataset.unseen,
+                           unseen_test.split.videos[index].label, COLOURS[cls.colour], window, sampled)
+
+
 def run_demo(
     out: PathLike = "runs/demo",
     settings: Optional[DemoSettings] = None,
@@ -353,6 +368,7 @@ def run_demo(
                 "seconds": round(time.perf_counter() - tic, 1),
             }
             if key == "full":
+                variants[key]["example"] = _explain_example(trained, dataset, unseen_test, unseen_bank)
                 checkpoint = result.checkpoint
                 plots["seen"] = str(plot_confusion(seen, out / "confusion_seen.png",
                                                    title=f"seen classes, held-out videos: top-1 {seen.top1:.1f}%"))
