@@ -39,9 +39,8 @@ from benchmarks.common import fmt, format_table, write_result
 
 GIGA = 1e9
 
-#: The paper's Table 3 figures could not be sourced here (the paper cannot be downloaded on this
-#: machine and no public code or page found with the search tool reproduces that table), so
-#: none is printed rather than guessing; see docs/benchmarks.md.
+#: The paper's Table 3 figures are not reproduced here: no value is printed rather than a guessed
+#: one; see docs/benchmarks.md.
 PAPER_TABLE3_NOTE = "not available here"
 
 #: Image-tower GFLOPs per image from open_clip's own profile table (docs/model_profile.csv,
@@ -367,8 +366,7 @@ def breakdown_table(result: Dict[str, Any]) -> str:
         "public figure: open_clip docs/model_profile.csv (image_gflops per image, class-token projection "
         "only); stzsar also projects the patch tokens (row above it)." if ref is not None else
         "public figure: none known for this architecture and size.",
-        "paper Table 3: not available here (the paper cannot be fetched on this machine and no public source "
-        "reproducing the table was found); see docs/benchmarks.md.",
+        "paper Table 3: its figures are not reproduced here; see docs/benchmarks.md.",
     ]
     headers = ["part", "GFLOPs", "GMACs", "share of a view", "public figure (GFLOPs)", "paper Table 3"]
     return format_table(headers, rows, title=title, notes=notes, align="lrrrrl")

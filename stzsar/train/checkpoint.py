@@ -10,6 +10,14 @@ A checkpoint is one ``torch.save`` file holding a dictionary:
   ``rng`` (Python, NumPy, torch and CUDA generator states, one entry per rank), ``extra``;
 - ``versions``: stzsar and torch versions that wrote it.
 
+Everything in it is tensors and plain data (dicts, lists, str, numbers): it is read with
+``torch.load(weights_only=True)``, whose unpickler builds nothing else, so a checkpoint from
+elsewhere cannot run code when opened. A file that needs any other Python object is refused with
+a :class:`CheckpointError` naming it. Checkpoints written before the RNG states were stored as
+plain data hold NumPy's generator state as an array and torch's version as a ``TorchVersion``;
+the NumPy array rebuild functions and that str subclass are the only globals allowed beyond plain
+data.
+
 Which weights are stored: only the trained ones (``model.trainable_state_dict()``: the upper
 ViT blocks, the STI projections, the temporal layers) when everything else is reproducible from
 ``model_config``, i.e. when the model was built from a pretrained CLIP checkpoint
@@ -28,6 +36,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import pickle
 import random
 import re
 from pathlib import Path
@@ -72,10 +81,18 @@ def _clean_state_dict(state: Dict[str, torch.Tensor]) -> Dict[str, torch.Tensor]
 
 
 def capture_rng_state() -> Dict[str, Any]:
-    """The states of every random generator a training step may use in this process."""
+    """The states of every random generator a training step may use in this process, as tensors
+    and plain data (see the module docstring)."""
+    kind, keys, pos, has_gauss, cached_gaussian = np.random.get_state()
     state = {
         "python": random.getstate(),
-        "numpy": np.random.get_state(),
+        "numpy": {
+            "kind": str(kind),
+            "keys": torch.from_numpy(np.asarray(keys, dtype=np.int64)),
+            "pos": int(pos),
+            "has_gauss": int(has_gauss),
+            "cached_gaussian": float(cached_gaussian),
+        },
         "torch": torch.get_rng_state(),
     }
     if torch.cuda.is_available() and torch.cuda.is_initialized():
@@ -86,7 +103,13 @@ def capture_rng_state() -> Dict[str, Any]:
 def restore_rng_state(state: Dict[str, Any]) -> None:
     """Inverse of :func:`capture_rng_state` (CUDA states only when CUDA is in use)."""
     random.setstate(_as_python_state(state["python"]))
-    np.random.set_state(state["numpy"])
+    numpy_state = state["numpy"]
+    if isinstance(numpy_state, dict):
+        keys = np.asarray(numpy_state["keys"].cpu().numpy(), dtype=np.uint32)
+        numpy_state = (
+            numpy_state["kind"], keys, numpy_state["pos"], numpy_state["has_gauss"], numpy_state["cached_gaussian"]
+        )
+    np.random.set_state(numpy_state)  # a tuple with an array in checkpoints of the first layout
     torch.set_rng_state(state["torch"].cpu())
     if "cuda" in state and torch.cuda.is_available():
         cuda_states = state["cuda"]
@@ -165,7 +188,7 @@ def save_checkpoint(
         "config": config,
         "rng": rng if rng is not None else [capture_rng_state()],
         "extra": dict(extra or {}),
-        "versions": {"stzsar": __version__, "torch": torch.__version__},
+        "versions": {"stzsar": str(__version__), "torch": str(torch.__version__)},
     }
     _atomic_torch_save(payload, path)
     return path
@@ -177,9 +200,17 @@ def read_checkpoint(path: PathLike, map_location: Union[str, torch.device] = "cp
     if not path.is_file():
         raise CheckpointError(f"checkpoint not found: {path}")
     try:
-        # weights_only=False: the file also holds optimizer state, RNG states and plain metadata
-        # that the restricted unpickler rejects (numpy RNG state). Only load files you trust.
-        payload = torch.load(path, map_location=map_location, weights_only=False)
+        # Tensors and plain data only; NumPy's array rebuild for the RNG state of older files.
+        with torch.serialization.safe_globals(_first_layout_globals()):
+            payload = torch.load(path, map_location=map_location, weights_only=True)
+    except pickle.UnpicklingError as error:
+        unsafe = _unsafe_globals(path)
+        raise CheckpointError(
+            f"{path}: refused: the file holds Python objects beyond tensors and plain data"
+            f"{' (' + ', '.join(unsafe) + ')' if unsafe else ''}, which could run code when unpickled. "
+            "stzsar checkpoints never need them; if you trust the file's author, convert it with "
+            "torch.load(..., weights_only=False) yourself and save its tensors and plain data again"
+        ) from None
     except Exception as error:
         raise CheckpointError(f"{path}: cannot be read as a torch checkpoint ({type(error).__name__}: {error})") from None
     if not isinstance(payload, dict) or payload.get("format") != FORMAT:
@@ -189,6 +220,21 @@ def read_checkpoint(path: PathLike, map_location: Union[str, torch.device] = "cp
             f"{path}: checkpoint version {payload['version']} is newer than this stzsar reads ({VERSION})"
         )
     return payload
+
+
+def _first_layout_globals() -> list:
+    """What checkpoints of the first layout need beyond plain data: a NumPy array (ndarray, dtype
+    and the rebuild function; the contents are data) and torch's version string (a str)."""
+    core = getattr(np, "_core", None) or np.core
+    return [core.multiarray._reconstruct, np.ndarray, np.dtype, type(np.dtype(np.uint32)),
+            torch.torch_version.TorchVersion]
+
+
+def _unsafe_globals(path: Path) -> List[str]:
+    try:
+        return [name for name in torch.serialization.get_unsafe_globals_in_checkpoint(path)]
+    except Exception:  # not a zip checkpoint: the error message stands without the names
+        return []
 
 
 def load_weights(model: nn.Module, payload: Dict[str, Any], source: str = "<checkpoint>") -> None:
