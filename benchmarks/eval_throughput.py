@@ -1,38 +1,51 @@
 """Where the time of ``stzsar eval`` goes: videos per second end to end and per part.
 
     python -m benchmarks.eval_throughput                       # CPU: the small model, 400 classes
+    python -m benchmarks.eval_throughput --model stzsar-tiny --classes 20   # a model cheap beside decoding
     python -m benchmarks.eval_throughput --workers 8 --videos 64 --model ViT-B-16   # a GPU machine
 
 Parts, each measured alone on the same synthetic videos (``--width`` x ``--height``,
-``--frames-per-video`` frames at 25 fps: 250 is a 10 s Kinetics clip):
+``--frames-per-video`` frames at 25 fps: 250 is a 10 s Kinetics clip), under the conditions the
+end-to-end run gives them:
 
-- ``decode``: the evaluation DataLoader (PyAV, ``--workers`` processes, the test transform), no model;
-- ``copy``: host-to-device copy of a decoded batch (pinned memory and ``non_blocking`` on CUDA;
+- ``decode``: the evaluation DataLoader (PyAV, ``--workers`` processes, the test transform, the
+  same prefetch), no model; timed from the iterator's creation, worker start included, as end to
+  end is;
+- ``copy``: host-to-device copy of a decoded batch (pinned memory and ``non_blocking``; CUDA only:
   on the CPU there is nothing to copy);
-- ``vit``: the image encoder on a decoded batch;
-- ``sti``: the STI and similarity of the batch's features against ``--classes`` classes;
+- ``vit``: the image encoder on a decoded batch, with the intra-op threads
+  :func:`stzsar.eval.engine.evaluate` gives the model (on the CPU: the cores the workers leave);
+- ``sti``: the STI and similarity of the batch's features against ``--classes`` classes (same threads);
 - ``store``: writing the batch's per-view logits to the results store (one part per batch);
 - ``end to end``: :func:`stzsar.eval.engine.evaluate` with the store, as ``stzsar eval`` runs it
   (decoding in workers overlaps the model; ``prefetch`` batches ahead).
 
-The line that matters is ``end to end / decode``: the share of the workers' decode rate the whole
-evaluation keeps. Where the model is slower than decoding (a CPU that also runs the model),
-``end to end / min(decode, model)`` says how well the two overlap. Prints a table and writes ``benchmarks/results/eval_throughput_<device>.json``.
+Each part also reports the CPU seconds it spends per video (main process and workers), which the
+load of other jobs on the machine changes far less than videos/s.
+
+Ratios: ``end to end / decode`` is the share of the workers' decode rate the whole evaluation
+keeps; ``end to end / min(decode, model)`` how well decoding and the model overlap. On a CPU the
+workers and the model share the cores, so where the model costs about as much CPU as decoding the
+first ratio cannot approach 1 by construction; ``cpu bound`` is the rate the cores allow for both
+(usable cores / CPU seconds per video of decode and model together). ``--model-threads 2`` on a
+2-core machine measures torch's default (one thread per core) against the default here. Prints a table and writes
+``benchmarks/results/eval_throughput_<device>_<model>_w<workers>_c<classes>.json``.
 """
 
 from __future__ import annotations
 
 import argparse
+import os
+import resource
 import tempfile
 import time
 from pathlib import Path
-from typing import Any, Dict, List, Optional
+from typing import Any, Callable, Dict, List, Optional, Tuple
 
 import torch
 from torch.utils.data import DataLoader
 
 from benchmarks.common import describe_machine, format_table, write_result
-from benchmarks.decode import _usable_cores
 from benchmarks.throughput import synthetic_classes
 
 
@@ -51,15 +64,23 @@ def make_split(folder: Path, count: int, frames: int, width: int, height: int, n
     return folder / "list.txt"
 
 
-def timed(fn, repeats: int) -> float:
-    """Best-of-``repeats`` seconds of ``fn`` after one warm-up call."""
+def cpu_seconds() -> float:
+    """CPU seconds of this process (all its threads) and of its children that have ended."""
+    own = resource.getrusage(resource.RUSAGE_SELF)
+    children = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return own.ru_utime + own.ru_stime + children.ru_utime + children.ru_stime
+
+
+def timed(fn: Callable[[], Any], repeats: int) -> Tuple[float, float]:
+    """Best-of-``repeats`` wall seconds of ``fn`` after one warm-up call, and its mean CPU seconds."""
     fn()
-    best = float("inf")
+    best, cpu = float("inf"), 0.0
     for _ in range(repeats):
-        start = time.perf_counter()
+        c0, start = cpu_seconds(), time.perf_counter()
         fn()
         best = min(best, time.perf_counter() - start)
-    return best
+        cpu += cpu_seconds() - c0
+    return best, cpu / repeats
 
 
 def sync(device: torch.device) -> None:
@@ -68,10 +89,9 @@ def sync(device: torch.device) -> None:
 
 
 def run(args: argparse.Namespace) -> Dict[str, Any]:
-    from stzsar.classes import read_class_list  # noqa: F401  (the package imports cleanly)
     from stzsar.data import VideoDataset, build_split
-    from stzsar.eval.engine import (EvalSettings, autocast_dtype, class_logits, collate_eval, evaluate,
-                                    resolve_device, _autocast)
+    from stzsar.eval.engine import (EvalSettings, _autocast, autocast_dtype, class_logits, collate_eval, evaluate,
+                                    intra_op_threads, model_cpu_threads, resolve_device)
     from stzsar.eval.loading import clip_spec
     from stzsar.eval.store import SplitStore
     from stzsar.model import build_model
@@ -84,7 +104,10 @@ def run(args: argparse.Namespace) -> Dict[str, Any]:
     with torch.no_grad():
         bank = model.encode_classes(classes, attributes).to(device)
     spec = clip_spec(model, args.num_frames)
-    results: Dict[str, Any] = {}
+    # The threads evaluate() gives the model; the model's parts are measured with the same.
+    threads = model_cpu_threads(device, args.workers, args.model_threads)
+    results: Dict[str, Any] = {"model threads": threads or torch.get_num_threads()}
+    cpu: Dict[str, float] = {}
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp)
         list_file = make_split(folder, args.videos, args.frames_per_video, args.width, args.height, args.classes)
@@ -92,15 +115,17 @@ def run(args: argparse.Namespace) -> Dict[str, Any]:
         split = build_split("bike", str(list_file), str(folder), labels=str(folder / "labels.txt"))
         dataset = VideoDataset(split, spec, training=False)
         loader_args = dict(batch_size=args.batch_size, num_workers=args.workers, collate_fn=collate_eval,
-                           pin_memory=device.type == "cuda", prefetch_factor=4 if args.workers else None)
+                           pin_memory=device.type == "cuda", prefetch_factor=args.prefetch if args.workers else None)
 
-        # decode: one pass of the loader (after its first batch: worker start-up).
-        iterator = iter(DataLoader(dataset, **loader_args))
-        batch = next(iterator)
-        start, done = time.perf_counter(), 0
-        for item in iterator:
+        # decode: one whole pass of the loader, worker start included (the workers have ended,
+        # and been waited for, when the pass ends: their CPU time is the children's).
+        c0, start = cpu_seconds(), time.perf_counter()
+        batch, done = None, 0
+        for item in DataLoader(dataset, **loader_args):
+            batch = batch if batch is not None else item
             done += int(item["label"].numel())
         results["decode"] = done / (time.perf_counter() - start)
+        cpu["decode"] = (cpu_seconds() - c0) / done
 
         video = batch["video"]
         B = int(video.shape[0])
@@ -120,7 +145,8 @@ def run(args: argparse.Namespace) -> Dict[str, Any]:
             sync(device)
             return out
 
-        frames, patches = vit()
+        with intra_op_threads(threads):
+            frames, patches = vit()
 
         @torch.no_grad()
         def sti():
@@ -129,7 +155,8 @@ def run(args: argparse.Namespace) -> Dict[str, Any]:
             sync(device)
             return out
 
-        logits = sti().float().view(B, -1, len(classes))
+        with intra_op_threads(threads):
+            logits = sti().float().view(B, -1, len(classes))
         store = SplitStore(folder / "store", {"benchmark": True})
         labels, indices = batch["label"], batch["index"]
 
@@ -137,22 +164,36 @@ def run(args: argparse.Namespace) -> Dict[str, Any]:
             store.add(logits, labels, indices)
             store.flush()
 
-        for name, fn in (("copy", copy), ("vit", vit), ("sti", sti), ("store", write)):
-            seconds = timed(fn, args.repeats)
+        parts = (("copy", copy),) if device.type == "cuda" else ()
+        for name, fn in parts + (("vit", vit), ("sti", sti), ("store", write)):
+            with intra_op_threads(threads):
+                seconds, cpu_spent = timed(fn, args.repeats)
             results[name] = B / seconds if seconds > 0 else float("inf")
+            cpu[name] = cpu_spent / B
 
         # end to end, as stzsar eval runs it (the clock includes the workers' start).
         settings = EvalSettings(batch_size=args.batch_size, num_workers=args.workers, device=str(device),
-                                progress=False, flush_every=4)
-        start = time.perf_counter()
+                                progress=False, prefetch=args.prefetch, flush_every=4,
+                                cpu_threads=args.model_threads)
+        c0, start = cpu_seconds(), time.perf_counter()
         result = evaluate(model, dataset, bank, classes, settings=settings,
                           store=SplitStore(folder / "e2e", {"benchmark": True}))
-        results["end to end"] = (result.num_scored + result.num_skipped) / (time.perf_counter() - start)
+        videos = result.num_scored + result.num_skipped
+        results["end to end"] = videos / (time.perf_counter() - start)
+        cpu["end to end"] = (cpu_seconds() - c0) / videos
     # The model's parts run one after the other in the main process; decoding runs beside them.
-    results["model (vit + sti + store)"] = 1.0 / sum(1.0 / results[k] for k in ("vit", "sti", "store"))
+    model_parts = [k for k in ("copy", "vit", "sti", "store") if k in results]
+    results["model (vit + sti + store)"] = 1.0 / sum(1.0 / results[k] for k in model_parts)
+    cpu["model (vit + sti + store)"] = sum(cpu[k] for k in model_parts)
     results["end to end / decode"] = results["end to end"] / results["decode"]
     results["end to end / min(decode, model)"] = results["end to end"] / min(results["decode"],
                                                                           results["model (vit + sti + store)"])
+    if device.type == "cpu":
+        # Workers and model share the cores: together they allow at most this many videos/s.
+        results["cpu bound"] = args.cores / (cpu["decode"] + cpu["model (vit + sti + store)"])
+    results["cpu seconds per video"] = cpu
+    results["load average (1, 5, 15 min) at start"] = args.load_at_start
+    results["load average (1, 5, 15 min) at end"] = list(os.getloadavg())
     return results
 
 
@@ -161,7 +202,7 @@ def build_parser() -> argparse.ArgumentParser:
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", default="stzsar-small", help="model configuration (random weights)")
     parser.add_argument("--device", default="auto")
-    parser.add_argument("--videos", type=int, default=32)
+    parser.add_argument("--videos", type=int, default=64)
     parser.add_argument("--frames-per-video", type=int, default=250, help="250: 10 s at 25 fps")
     parser.add_argument("--width", type=int, default=426)
     parser.add_argument("--height", type=int, default=320)
@@ -169,24 +210,41 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--classes", type=int, default=400)
     parser.add_argument("--batch-size", type=int, default=4)
     parser.add_argument("--workers", type=int, default=None, help="decoding workers (default: the usable cores)")
+    parser.add_argument("--model-threads", type=int, default=0,
+                        help="the model's intra-op threads (default 0: as evaluate chooses them)")
+    parser.add_argument("--prefetch", type=int, default=4, help="batches each worker prepares ahead")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--no-save", action="store_true", help="print only; no results file")
     return parser
 
 
 def main(argv: Optional[List[str]] = None) -> int:
+    from stzsar.eval.engine import usable_cores
+
     args = build_parser().parse_args(argv)
+    args.cores = usable_cores()
     if args.workers is None:
-        args.workers = _usable_cores()
+        args.workers = args.cores
+    args.load_at_start = list(os.getloadavg())
     results = run(args)
-    rows = [[name, f"{value:.3f}" if name.startswith("end to end /") else f"{value:.2f}"]
-            for name, value in results.items()]
+    cpu = results["cpu seconds per video"]
+    rows = []
+    for name, value in results.items():
+        if isinstance(value, (list, dict)) or name == "model threads":
+            continue
+        ratio = name.startswith("end to end /")
+        rows.append([name, f"{value:.3f}" if ratio else f"{value:.2f}",
+                     "" if ratio or name not in cpu else f"{cpu[name]:.4f}"])
     print(f"{describe_machine()}; {args.model}, {args.num_frames} frames, {args.classes} classes, "
-          f"batch {args.batch_size}, {args.workers} decoding worker(s)")
-    print(format_table(["part", "videos/s (end to end / decode: ratio)"], rows))
+          f"batch {args.batch_size}, {args.workers} decoding worker(s), {results['model threads']} model "
+          f"thread(s); load average {args.load_at_start[0]:.2f} at start, "
+          f"{results['load average (1, 5, 15 min) at end'][0]:.2f} at end")
+    print(format_table(["part", "videos/s (ratios: end to end / ...)", "CPU s per video"], rows))
     if not args.no_save:
         device = "cuda" if torch.cuda.is_available() and args.device != "cpu" else "cpu"
-        path = write_result("eval_throughput", device, vars(args), results)
+        tag = f"{device}_{args.model}_w{args.workers}_c{args.classes}"
+        tag += f"_t{args.model_threads}" if args.model_threads else ""
+        path = write_result("eval_throughput", tag, vars(args), results)
         print(f"written: {path}")
     return 0
 

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
 from dataclasses import dataclass
 from typing import Any, Dict, Iterable, Optional, Sequence
 
@@ -54,6 +55,8 @@ class EvalSettings:
         progress: show a progress bar (videos/s and ETA) on the main rank.
         prefetch: batches each decoding worker prepares ahead (decoding overlaps the model).
         flush_every: batches between two writes of the results store (when there is one).
+        cpu_threads: torch intra-op threads of the model on the CPU while the loop runs (0: the
+            usable cores less the decoding workers, at least 1; see :func:`model_cpu_threads`).
     """
 
     batch_size: int = 16
@@ -64,6 +67,7 @@ class EvalSettings:
     progress: bool = True
     prefetch: int = 4
     flush_every: int = 4
+    cpu_threads: int = 0
 
     def __post_init__(self) -> None:
         if self.batch_size < 1:
@@ -76,6 +80,8 @@ class EvalSettings:
             raise ValueError(f"class_chunk must be >= 0, got {self.class_chunk}")
         if self.prefetch < 1 or self.flush_every < 1:
             raise ValueError(f"prefetch and flush_every must be >= 1, got {self.prefetch}, {self.flush_every}")
+        if self.cpu_threads < 0:
+            raise ValueError(f"cpu_threads must be >= 0, got {self.cpu_threads}")
 
 
 def resolve_device(name: str = "auto", context: Optional[DistContext] = None) -> torch.device:
@@ -88,6 +94,45 @@ def resolve_device(name: str = "auto", context: Optional[DistContext] = None) ->
     if device.type == "cuda" and not torch.cuda.is_available():
         raise RuntimeError(f"device {name!r} asked for, but CUDA is not available on this machine")
     return device
+
+
+def usable_cores() -> int:
+    """Cores this process may run on (its CPU affinity where the OS reports one)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        return os.cpu_count() or 1
+
+
+def model_cpu_threads(device: torch.device, num_workers: int, requested: int = 0) -> Optional[int]:
+    """Intra-op threads for the model in the main process, or ``None`` to leave torch's setting.
+
+    On the CPU the decoding workers (one thread each) and the model share the cores. Torch's
+    default of one OpenMP thread per core then oversubscribes them, and OpenMP threads spin at
+    every barrier while a worker holds their core: on 2 cores with 2 workers the ViT used 3.4x
+    the CPU time per video that one thread uses (docs/evaluation.md, Throughput). The model
+    gets the cores the workers leave, at least one. With no workers (decoding in the loop, one
+    step after the other) or on CUDA, torch's setting stays.
+    """
+    if requested:
+        return requested
+    if device.type != "cpu" or num_workers == 0:
+        return None
+    return max(1, usable_cores() - num_workers)
+
+
+@contextlib.contextmanager
+def intra_op_threads(threads: Optional[int]):
+    """``torch.set_num_threads(threads)`` for the block (nothing for ``None``), restored after."""
+    if threads is None or threads == torch.get_num_threads():
+        yield
+        return
+    previous = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(previous)
 
 
 def autocast_dtype(device: torch.device, precision: str) -> Optional[torch.dtype]:
@@ -313,9 +358,12 @@ def evaluate(
     )
     meter = MultiViewMeter(class_names, topk=topk) if store is None else None
     bar = _progress(len(indices), description, settings.progress and context.is_main)
+    # The model's threads leave the workers their cores (the loader's workers start in the block).
+    threads = model_cpu_threads(device, workers, settings.cpu_threads)
     try:
-        score_batches(model, loader, bank, meter, device=device, amp_dtype=amp_dtype,
-                      class_chunk=settings.class_chunk, progress=bar, log_name=description, store=store)
+        with intra_op_threads(threads):
+            score_batches(model, loader, bank, meter, device=device, amp_dtype=amp_dtype,
+                          class_chunk=settings.class_chunk, progress=bar, log_name=description, store=store)
     finally:
         if bar is not None:
             bar.close()
