@@ -143,7 +143,7 @@ def test_analyse_breakdown_is_consistent():
     real = build_model("stzsar-tiny")
     assert r["parameters"]["total"] == sum(p.numel() for p in real.parameters())
     assert r["parameters"]["trainable"] == sum(p.numel() for p in real.parameters() if p.requires_grad)
-    assert r["paper_table3"] == "not available here"
+    assert r["paper_table3"] == "not reproduced: the paper's Table 3 figures are not part of this repository"
 
 
 # --------------------------------------------------------------------------------------------
@@ -182,7 +182,7 @@ def test_flops_command_tiny(tmp_path, capsys):
 
     rc = flops_bench.main(["--model", "stzsar-tiny", "--frames", "2", "--classes", "3", "--no-save"])
     table = capsys.readouterr().out
-    assert rc == 0 and "paper Table 3" in table and "not available here" in table
+    assert rc == 0 and "paper Table 3" in table and "not reproduced" in table
 
 
 def test_flops_command_rejects_bad_views():

@@ -2,7 +2,7 @@
 
 On a machine without a GPU the kernels run on CPU tensors in Triton's interpreter
 (``tests/conftest.py`` sets ``TRITON_INTERPRET=1``); with a GPU they run compiled on CUDA tensors.
-The reference below is written from SPEC section 4 and never calls the code under test.
+The reference below is written from docs/method.md section 4 and never calls the code under test.
 """
 
 from __future__ import annotations
@@ -47,7 +47,7 @@ TOL = {torch.float32: 1e-5, torch.float16: 1e-2, torch.bfloat16: 1e-2}
 
 
 # ------------------------------------------------------------------------------------------
-# Independent float64 reference (SPEC section 4: S_sp = max_l max_k <P[b,t,k], A[c,l]>)
+# Independent float64 reference (docs/method.md section 4: S_sp = max_l max_k <P[b,t,k], A[c,l]>)
 # ------------------------------------------------------------------------------------------
 
 
