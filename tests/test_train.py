@@ -10,7 +10,9 @@ import pytest
 import torch
 
 from stzsar.config import load_config
-from stzsar.demo.actions import encode_video, render_video
+import numpy as np
+
+from stzsar.demo.actions import encode_video
 from stzsar.train.checkpoint import (
     CheckpointError,
     CheckpointManager,
@@ -30,6 +32,25 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(previous)
+
+
+_RGB = {"red": (220, 40, 40), "blue": (40, 60, 220)}
+
+
+def render_video(colour: str, motion: str, num_frames: int, size: int, rng: random.Random) -> np.ndarray:
+    """A plain, easily learnt clip (the trainer is under test, not the demo's harder videos): a
+    large square of the class colour on grey that slides right or turns between two sizes."""
+    frames = np.full((num_frames, size, size, 3), 128, dtype=np.uint8)
+    half = size // 4
+    x0, y0 = rng.randint(half, size // 2), rng.randint(half, size - half)
+    for t in range(num_frames):
+        if motion == "moving right":
+            cx, h = x0 + t * (size // 2 - half) // max(1, num_frames - 1), half
+        else:
+            cx, h = size // 2, half if t % 2 == 0 else half // 2
+        frames[t, max(0, y0 - h):y0 + h, max(0, cx - h):cx + h] = _RGB[colour]
+    noise = np.random.default_rng(rng.randrange(2**32)).integers(-8, 9, frames.shape)
+    return np.clip(frames.astype(np.int16) + noise, 0, 255).astype(np.uint8)
 
 
 @pytest.fixture(scope="module")
