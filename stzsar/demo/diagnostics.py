@@ -8,6 +8,9 @@ generated dataset), over the videos and their true class:
 - ``s_temp``: how peaked the temporal weights are (the largest ``S_temp[t]`` of a video; ``1/T``
   is uniform, 1 a single frame) and how much of the weight falls on the frames of the action
   window (``window_weight``; ``window_share`` is what uniform weights would give);
+- ``winners_on_actor``: the share of the action window's frames whose winning patch of ``S_sp``
+  (the patch of the best patch-word pair) holds pixels of the actor, next to the share of all
+  patches of those frames that do (``patches_on_actor``: what a random patch would give);
 - ``relu_dead``: the share of the projected patch and word features that the ReLU sets to zero;
 - ``projection_shift``: ``|W - I| / |I|`` (Frobenius) of the two projections, i.e. how far they
   moved from their identity start.
@@ -38,15 +41,21 @@ def _mean(values: List[float]) -> Optional[float]:
 
 
 @torch.no_grad()
-def sti_statistics(model, dataset, bank: ClassBank, windows_path: Path, batch_size: int = 32) -> Dict[str, object]:
-    """The statistics above for ``model`` on ``dataset`` (a demo test set with labels into ``bank``)."""
+def sti_statistics(model, dataset, bank: ClassBank, windows_path: Path, colours: List, batch_size: int = 32
+                   ) -> Dict[str, object]:
+    """The statistics above for ``model`` on ``dataset`` (a demo test set with labels into ``bank``;
+    ``colours[label]`` is the RGB of the class's actor)."""
+    from stzsar.data.spec import CLIP_MEAN, CLIP_STD
+    from stzsar.eval.loading import denormalize
+    from stzsar.ops import spatial_maxsim_with_index
+
     sti = model.sti
     model.eval()
     windows = json.loads(Path(windows_path).read_text())
     root = Path(windows_path).parent
     num_frames = dataset.spec.num_frames
     s_sp_mean, s_sp_std, s_sp_in, s_sp_out, peak, in_weight, in_share = [], [], [], [], [], [], []
-    dead_patch, dead_word = [], []
+    dead_patch, dead_word, on_actor, patches_on_actor = [], [], [], []
     for first in range(0, len(dataset), batch_size):
         indices = list(range(first, min(first + batch_size, len(dataset))))
         clips = torch.stack([dataset.load(i) for i in indices])
@@ -56,9 +65,13 @@ def sti_statistics(model, dataset, bank: ClassBank, windows_path: Path, batch_si
         s_sp, s_temp, _ = sti.saliency(frames, patches, words, mask)  # [b, b, T]: video i vs class of j
         own = torch.arange(len(indices))
         s_sp, s_temp = s_sp[own, own], s_temp[own, own]  # [b, T] each video with its own class
+        winners = None
         if sti.patch_proj is not None:
             projected = F.relu(sti.patch_proj(F.normalize(patches, dim=-1) if sti.normalize else patches))
             dead_patch.append(float((projected == 0).float().mean()))
+            projected_words = sti._project(words, sti.word_proj)
+            _, index = spatial_maxsim_with_index(projected, projected_words, mask, backend="torch")
+            winners = index[own, own] // words.shape[1]  # [b, T] flat patch index of the winner
         if sti.word_proj is not None:
             projected = F.relu(sti.word_proj(F.normalize(words, dim=-1) if sti.normalize else words))
             dead_word.append(float((projected == 0).float()[mask].mean()))
@@ -76,12 +89,22 @@ def sti_statistics(model, dataset, bank: ClassBank, windows_path: Path, batch_si
             if (~inside).any():
                 s_sp_out.append(float(s_sp[row][~inside].mean()))
             peak.append(float((s_temp[row] / s_temp[row].sum()).max()))
+            if winners is not None:
+                pixels = denormalize(clips[row].float(), CLIP_MEAN, CLIP_STD).numpy()  # [T, H, W, 3]
+                grid = int(round(patches.shape[2] ** 0.5))
+                cell_h, cell_w = pixels.shape[1] / grid, pixels.shape[2] / grid
+                rgb = colours[int(labels[row])]
+                for t in inside.nonzero().flatten().tolist():
+                    on_actor.append(_on_actor(pixels[t], *divmod(int(winners[row, t]), grid), cell_h, cell_w, rgb))
+                    patches_on_actor.append(_mean([_on_actor(pixels[t], r, c, cell_h, cell_w, rgb)
+                                                   for r in range(grid) for c in range(grid)]))
     return {
         "videos": len(dataset),
         "s_sp": {"mean": _mean(s_sp_mean), "std_over_frames": _mean(s_sp_std),
                  "mean_in_window": _mean(s_sp_in), "mean_outside_window": _mean(s_sp_out)},
         "s_temp": {"max": _mean(peak), "uniform_max": 1.0 / num_frames,
                    "window_weight": _mean(in_weight), "window_share": _mean(in_share)},
+        "winners_on_actor": _mean([float(x) for x in on_actor]), "patches_on_actor": _mean(patches_on_actor),
         "relu_dead": {"patches": _mean(dead_patch), "words": _mean(dead_word)},
         "projection_shift": {"patch": _projection_shift(sti.patch_proj), "word": _projection_shift(sti.word_proj)},
     }

@@ -239,6 +239,7 @@ def run_demo(
     from stzsar.attributes import extract_attributes, make_offline_extractor
     from stzsar.data import ClipSpec, build_split
     from stzsar.demo.actions import generate_dataset
+    from stzsar.demo.actions import COLOURS
     from stzsar.demo.diagnostics import epoch_losses, sti_statistics
     from stzsar.demo.cached import CachedVideoDataset
     from stzsar.eval.engine import EvalSettings, evaluate
@@ -364,6 +365,7 @@ def run_demo(
                 "steps": result.step,
                 "run_dir": str(result.run_dir),
                 "diagnostics": sti_statistics(trained, unseen_test, unseen_bank, dataset.windows,
+                                              [COLOURS[c.colour] for c in dataset.classes if c.unseen],
                                               config.eval.batch_size),
                 "seconds": round(time.perf_counter() - tic, 1),
             }
