@@ -174,7 +174,8 @@ class TrainSection:
         device: ``auto`` (CUDA when available, else CPU), ``cpu``, ``cuda``, ``cuda:1``...
         precision: ``auto`` (bf16 autocast on CUDA when supported, else fp32), ``fp32``,
             ``bf16`` or ``fp16`` (with a gradient scaler).
-        compile: ``torch.compile`` the video encoder.
+        compile: ``torch.compile`` the video encoder and the STI head: ``auto`` (on for CUDA
+            devices, off on the CPU), ``true`` or ``false``.
         grad_checkpointing: activation checkpointing in the ViT blocks (less memory, more time).
         checkpoint_every: save a checkpoint every N optimizer steps (0: only at epoch ends).
         keep_last: periodic/epoch checkpoints kept (older ones are deleted).
@@ -192,7 +193,7 @@ class TrainSection:
     deterministic: bool = False
     device: str = "auto"
     precision: str = "auto"
-    compile: bool = False
+    compile: Union[bool, str] = "auto"
     grad_checkpointing: bool = False
     checkpoint_every: int = 1000
     keep_last: int = 3
@@ -503,6 +504,8 @@ def validate_config(config: Config) -> None:
         value = getattr(getattr(config, section), key)
         if value < 0:
             raise ConfigError(f"{section}.{key} must be >= 0, got {value}")
+    if not (isinstance(config.train.compile, bool) or config.train.compile == "auto"):
+        raise ConfigError(f"train.compile = {config.train.compile!r}; expected true or false, or auto")
     if config.train.max_steps is not None and config.train.max_steps <= 0:
         raise ConfigError(f"train.max_steps must be positive or null, got {config.train.max_steps}")
     if not 0.0 <= config.data.hflip <= 1.0:

@@ -41,6 +41,11 @@ the checkpoint's training configuration, then ``--config``/``--set`` (``optim.lr
 ``train.batch_size``, ``data.hflip``...), then ``--epochs``, ``--seed``, ``--workers``; they are
 printed and recorded in the report. The report (``report.json``, ``report.md``,
 confusion matrices, per-video predictions) goes to ``--out``.
+
+``--compile auto|true|false`` takes the switch of ``train.compile``: ``auto`` (the default)
+``torch.compile``\ s the video encoder and the STI head on CUDA devices and runs eagerly on the
+CPU (docs/benchmarks.md, "Compiled train step", says when compiling pays off). Few-shot
+fine-tuning follows ``train.compile`` of its configuration (``--set train.compile=false``).
 """
 
 from __future__ import annotations
@@ -127,6 +132,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     run.add_argument("--flush-every", type=int, default=4, metavar="N",
                      help="batches between two writes of the results store (default 4)")
     run.add_argument("--no-progress", action="store_true", help="no progress bar")
+    run.add_argument("--compile", choices=("auto", "true", "false"), default="auto",
+                     help="torch.compile the video encoder and the STI head (auto, the default: on for "
+                          "CUDA devices, off on the CPU; as train.compile)")
     run.add_argument("--config", metavar="YAML", help="configuration file (data and eval sections are read)")
     run.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                      help="configuration override, e.g. --set eval.batch_size=32 (repeatable)")
@@ -260,6 +268,7 @@ def run_eval(args: argparse.Namespace) -> int:
             class_chunk=args.class_chunk,
             progress=not args.no_progress,
             flush_every=args.flush_every,
+            compile=args.compile,
         )
         device = resolve_device(settings.device, context)
         model, meta = load_checkpoint_model(args.checkpoint, device=device, pretrained=args.pretrained)

@@ -21,7 +21,7 @@ import contextlib
 import logging
 import os
 from dataclasses import dataclass
-from typing import Any, Dict, Iterable, Optional, Sequence
+from typing import Any, Dict, Iterable, Optional, Sequence, Union
 
 import torch
 from torch import Tensor
@@ -57,6 +57,9 @@ class EvalSettings:
         flush_every: batches between two writes of the results store (when there is one).
         cpu_threads: torch intra-op threads of the model on the CPU while the loop runs (0: the
             usable cores less the decoding workers, at least 1; see :func:`model_cpu_threads`).
+        compile: ``torch.compile`` the video encoder and the STI head in place before the loop,
+            as ``train.compile`` does: ``auto`` (on for CUDA devices, off on the CPU), ``True``
+            or ``False`` (``stzsar eval --compile``).
     """
 
     batch_size: int = 16
@@ -68,6 +71,7 @@ class EvalSettings:
     prefetch: int = 4
     flush_every: int = 4
     cpu_threads: int = 0
+    compile: Union[bool, str] = "auto"
 
     def __post_init__(self) -> None:
         if self.batch_size < 1:
@@ -82,6 +86,8 @@ class EvalSettings:
             raise ValueError(f"prefetch and flush_every must be >= 1, got {self.prefetch}, {self.flush_every}")
         if self.cpu_threads < 0:
             raise ValueError(f"cpu_threads must be >= 0, got {self.cpu_threads}")
+        if not (isinstance(self.compile, bool) or str(self.compile).lower() in ("auto", "true", "false")):
+            raise ValueError(f"compile must be auto, true or false, got {self.compile!r}")
 
 
 def resolve_device(name: str = "auto", context: Optional[DistContext] = None) -> torch.device:
@@ -333,6 +339,10 @@ def evaluate(
     amp_dtype = autocast_dtype(device, settings.precision)
     model.eval()
     model.to(device)
+    from stzsar.train.trainer import compile_model, resolve_compile
+
+    if resolve_compile(settings.compile, device):
+        compile_model(model)  # in place, once: later splits reuse the compiled model
     bank = bank.to(device)
     done: set = set()
     if store is not None:

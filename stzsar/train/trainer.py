@@ -254,6 +254,48 @@ def resolve_precision(precision: str, device: torch.device) -> Optional[torch.dt
     return {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}[precision]
 
 
+def resolve_compile(setting: Union[bool, str], device: torch.device) -> bool:
+    """Whether ``train.compile`` / ``stzsar eval --compile`` compiles on ``device``: ``auto`` is on
+    for CUDA devices when Triton (inductor's GPU code generator) imports, off on the CPU, where
+    the compile time outweighs the saving at the sizes the CPU trains (docs/benchmarks.md,
+    "Compiled train step")."""
+    if isinstance(setting, str):
+        text = setting.strip().lower()
+        if text == "auto":
+            if torch.device(device).type != "cuda":
+                return False
+            try:
+                import triton  # noqa: F401
+            except ImportError:
+                logger.warning("compile=auto: Triton is not importable, so the model runs eagerly")
+                return False
+            return True
+        if text in ("true", "false"):
+            return text == "true"
+        raise ValueError(f"compile must be auto, true or false, got {setting!r}")
+    return bool(setting)
+
+
+def compile_model(model: nn.Module) -> nn.Module:
+    """``torch.compile`` the video encoder and the STI head of ``model`` in place (returns it).
+
+    Parameter and buffer names stay the same (``nn.Module.compile`` and a compiled bound method
+    instead of a wrapper module), so checkpoints are interchangeable with eager runs. The STI head
+    is compiled both as a module (``forward``: ``f_st``) and through ``similarity``, the call the
+    model's logits make. A second call does nothing. The fused ops trace without graph breaks
+    (tests/test_compile.py).
+    """
+    model = unwrap_model(model)
+    if getattr(model, "_stzsar_compiled", False):
+        return model
+    model.video.compile()
+    sti = model.sti
+    sti.compile()
+    sti.similarity = torch.compile(sti.similarity)
+    model._stzsar_compiled = True
+    return model
+
+
 class Trainer:
     """Holds the model, data, optimizer and run folder of one training run; :meth:`fit` trains.
 
@@ -316,8 +358,8 @@ class Trainer:
         model.text.eval()  # frozen tower: no dropout either
         if cfg_train.grad_checkpointing:
             model.video.set_grad_checkpointing(True)
-        if cfg_train.compile:
-            model.video.compile()  # in place: parameter names (and checkpoints) stay the same
+        if resolve_compile(cfg_train.compile, self.device):
+            compile_model(model)  # in place: parameter names (and checkpoints) stay the same
         self.model = model
 
         # Data.
