@@ -33,14 +33,28 @@ from stzsar.ops import (
 )
 
 BACKENDS = available_backends("cpu", kernel="sti_temporal")
+
+
+def _device_backends():
+    """(device, backend) pairs: every CPU backend here; on a GPU machine every CUDA backend
+    (benchmarks/gpu_check.sh runs them), else one CUDA case skipped with the reason."""
+    params = [pytest.param("cpu", b, id=f"cpu-{b}") for b in BACKENDS]
+    if torch.cuda.is_available():
+        params += [pytest.param("cuda", b, id=f"cuda-{b}") for b in available_backends("cuda", kernel="sti_temporal")]
+    else:
+        params.append(pytest.param("cuda", "auto", id="cuda", marks=pytest.mark.skip(reason="no CUDA device here")))
+    return params
+
+
+DEVICE_BACKENDS = _device_backends()
 DTYPES = [torch.float32, torch.bfloat16, torch.float16]
 AUTOCAST = [None, torch.bfloat16, torch.float16]
 TOL = {torch.float32: 2e-5, torch.bfloat16: 2e-2, torch.float16: 4e-3}
 TAU = 0.1
 
 
-def _autocast(dtype):
-    return contextlib.nullcontext() if dtype is None else torch.autocast("cpu", dtype=dtype)
+def _autocast(dtype, device="cpu"):
+    return contextlib.nullcontext() if dtype is None else torch.autocast(device, dtype=dtype)
 
 
 def _rel(actual, expected):
@@ -48,22 +62,22 @@ def _rel(actual, expected):
     return float((actual - expected).abs().max() / expected.abs().max().clamp_min(1e-30))
 
 
-def _leaves(tensors, dtype):
-    return [t.detach().to(dtype).requires_grad_(True) for t in tensors]
+def _leaves(tensors, dtype, device="cpu"):
+    return [t.detach().to(device=device, dtype=dtype).requires_grad_(True) for t in tensors]
 
 
-def _check(run, reference, inputs, dtype, autocast_dtype, tol_dtype=None, out_dtype=torch.float32):
-    """Run ``run`` on ``inputs`` cast to ``dtype`` under ``autocast_dtype``, backward with a fixed
-    upstream gradient, and compare output and gradients to ``reference`` in float64 (fed the same
-    rounded inputs)."""
+def _check(run, reference, inputs, dtype, autocast_dtype, tol_dtype=None, out_dtype=torch.float32, device="cpu"):
+    """Run ``run`` on ``inputs`` cast to ``dtype`` (on ``device``) under ``autocast_dtype``,
+    backward with a fixed upstream gradient, and compare output and gradients to ``reference``
+    in float64 on the CPU (fed the same rounded inputs)."""
     tol = TOL[tol_dtype or dtype]
-    leaves = _leaves(inputs, dtype)
-    with _autocast(autocast_dtype):
+    leaves = _leaves(inputs, dtype, device)
+    with _autocast(autocast_dtype, device):
         out = run(*leaves)
         grad_out = torch.randn(out.shape, generator=torch.Generator().manual_seed(7))
-        out.backward(grad_out.to(out.dtype))
+        out.backward(grad_out.to(device=device, dtype=out.dtype))
     assert out.dtype == out_dtype
-    ref_leaves = _leaves([x.detach().to(tol_dtype or dtype) for x in leaves], torch.float64)
+    ref_leaves = _leaves([x.detach().cpu().to(tol_dtype or dtype) for x in leaves], torch.float64)
     expected = reference(*ref_leaves)
     ref_grads = torch.autograd.grad(expected, ref_leaves, grad_out.double())
     assert _rel(out, expected) < tol, "output"
@@ -156,54 +170,86 @@ def _temporal_inputs(B=2, C=3, T=3, Nw=4, D=16, seed=2):
 
 
 @pytest.mark.parametrize("autocast_dtype", AUTOCAST, ids=["off", "bf16", "fp16"])
-@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("device, backend", DEVICE_BACKENDS)
 @pytest.mark.parametrize("dtype", DTYPES, ids=["fp32", "bf16", "fp16"])
-def test_spatial_maxsim(backend, dtype, autocast_dtype):
+def test_spatial_maxsim(device, backend, dtype, autocast_dtype):
     patches, words, mask = _spatial_inputs()
     _check(
-        lambda p, w: spatial_maxsim(p, w, mask, backend=backend),
+        lambda p, w: spatial_maxsim(p, w, mask.to(device), backend=backend),
         lambda p, w: ref_spatial(p, w, mask),
-        [patches, words], dtype, autocast_dtype,
+        [patches, words], dtype, autocast_dtype, device=device,
     )
 
 
 @pytest.mark.parametrize("autocast_dtype", AUTOCAST, ids=["off", "bf16", "fp16"])
-@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("device, backend", DEVICE_BACKENDS)
 @pytest.mark.parametrize("dtype", DTYPES, ids=["fp32", "bf16", "fp16"])
-def test_projected_spatial_maxsim(backend, dtype, autocast_dtype):
+def test_projected_spatial_maxsim(device, backend, dtype, autocast_dtype):
     patches, words, mask = _spatial_inputs()
     weight, bias = _projection(patches.shape[-1])
     # Under autocast the op projects in the autocast dtype (as F.linear would), so the inputs are
     # effectively of that dtype; the gradient GEMMs still run in float32.
     effective = autocast_dtype if autocast_dtype is not None else dtype
     _check(
-        lambda p, W, b, w: projected_spatial_maxsim(p, W, b, w, mask, backend=backend, chunk_frames=3),
+        lambda p, W, b, w: projected_spatial_maxsim(p, W, b, w, mask.to(device), backend=backend, chunk_frames=3),
         lambda p, W, b, w: ref_projected(p, W, b, w, mask),
-        [patches, weight, bias, words], dtype, autocast_dtype, tol_dtype=effective,
+        [patches, weight, bias, words], dtype, autocast_dtype, tol_dtype=effective, device=device,
     )
 
 
 @pytest.mark.parametrize("autocast_dtype", AUTOCAST, ids=["off", "bf16", "fp16"])
-@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("device, backend", DEVICE_BACKENDS)
 @pytest.mark.parametrize("dtype", DTYPES, ids=["fp32", "bf16", "fp16"])
-def test_temporal_saliency(backend, dtype, autocast_dtype):
+def test_temporal_saliency(device, backend, dtype, autocast_dtype):
     s_sp, frames, words, mask, _, _ = _temporal_inputs()
     _check(
-        lambda s, v, a: temporal_saliency(s.float(), v, a, mask, TAU, backend=backend),
+        lambda s, v, a: temporal_saliency(s.float(), v, a, mask.to(device), TAU, backend=backend),
         ref_temporal(mask),
-        [s_sp, frames, words], dtype, autocast_dtype,
+        [s_sp, frames, words], dtype, autocast_dtype, device=device,
     )
 
 
 @pytest.mark.parametrize("autocast_dtype", AUTOCAST, ids=["off", "bf16", "fp16"])
-@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("device, backend", DEVICE_BACKENDS)
 @pytest.mark.parametrize("dtype", DTYPES, ids=["fp32", "bf16", "fp16"])
-def test_sti_similarity(backend, dtype, autocast_dtype):
+def test_sti_similarity(device, backend, dtype, autocast_dtype):
     _, frames, _, _, class_emb, s_temp = _temporal_inputs()
     _check(
         lambda s, v, z: sti_similarity(s.float(), v, z, backend=backend),
         ref_similarity,
-        [s_temp, frames, class_emb], dtype, autocast_dtype,
+        [s_temp, frames, class_emb], dtype, autocast_dtype, device=device,
+    )
+
+
+@pytest.mark.parametrize("autocast_dtype", AUTOCAST, ids=["off", "bf16", "fp16"])
+@pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=pytest.mark.skipif(
+    not torch.cuda.is_available(), reason="no CUDA device here"))])
+@pytest.mark.parametrize("dtype", DTYPES, ids=["fp32", "bf16", "fp16"])
+def test_sti_similarity_reference_follows_the_rule(device, dtype, autocast_dtype):
+    """The non-fused path (``STIModule(fused=False)``) computes as the fused op does: float32
+    math with autocast off (a recast GEMM would give a bf16-sized error on fp32 inputs), a
+    float32 result, gradients in the inputs' dtypes."""
+    from stzsar.sti.module import sti_similarity_reference
+
+    _, frames, _, _, class_emb, s_temp = _temporal_inputs()
+    _check(
+        lambda s, v, z: sti_similarity_reference(s.float(), v, z),
+        ref_similarity,
+        [s_temp, frames, class_emb], dtype, autocast_dtype, device=device,
+    )
+
+
+@pytest.mark.parametrize("autocast_dtype", AUTOCAST, ids=["off", "bf16", "fp16"])
+@pytest.mark.parametrize("dtype", DTYPES, ids=["fp32", "bf16", "fp16"])
+def test_temporal_saliency_reference_follows_the_rule(dtype, autocast_dtype):
+    """The plain temporal step of ``STIModule(fused=False)``, likewise (forward and backward)."""
+    from stzsar.sti.module import temporal_saliency_reference
+
+    s_sp, frames, words, mask, _, _ = _temporal_inputs()
+    _check(
+        lambda s, v, a: temporal_saliency_reference(s.float(), v, a, mask, TAU),
+        ref_temporal(mask),
+        [s_sp, frames, words], dtype, autocast_dtype,
     )
 
 
@@ -276,8 +322,8 @@ def _module_inputs(seed=3):
 
 
 @pytest.mark.parametrize("autocast_dtype", AUTOCAST, ids=["off", "bf16", "fp16"])
-@pytest.mark.parametrize("backend", BACKENDS)
-def test_sti_module_similarity(backend, autocast_dtype):
+@pytest.mark.parametrize("device, backend", DEVICE_BACKENDS)
+def test_sti_module_similarity(device, backend, autocast_dtype):
     """fp32 module and inputs; under autocast its projections (F.linear) run in the autocast dtype,
     so it is held to that dtype's tolerance, against the float64 plain formulation."""
     from stzsar import STIModule
@@ -290,11 +336,12 @@ def test_sti_module_similarity(backend, autocast_dtype):
             layer.weight.add_(0.2 * torch.randn_like(layer.weight))
     reference = STIModule(16, temperature=0.05, fused=False, backend="torch").double()
     reference.load_state_dict(module.state_dict())
-    leaves = _leaves([frames, patches, words, class_emb], torch.float32)
-    with _autocast(autocast_dtype):
-        out = module.similarity(leaves[0], leaves[1], leaves[2], mask, leaves[3])
+    module.to(device)
+    leaves = _leaves([frames, patches, words, class_emb], torch.float32, device)
+    with _autocast(autocast_dtype, device):
+        out = module.similarity(leaves[0], leaves[1], leaves[2], mask.to(device), leaves[3])
         grad_out = torch.randn(out.shape, generator=torch.Generator().manual_seed(5))
-        out.backward(grad_out)
+        out.backward(grad_out.to(device))
     assert out.dtype == torch.float32
     ref_leaves = _leaves([frames, patches, words, class_emb], torch.float64)
     expected = reference.similarity(ref_leaves[0], ref_leaves[1], ref_leaves[2], mask, ref_leaves[3])

@@ -28,25 +28,77 @@ from torch import Tensor, nn
 
 from stzsar.ops import temporal as _temporal_ops
 from stzsar.ops.projected_maxsim import projected_spatial_maxsim
-from stzsar.ops.spatial_maxsim import check_word_mask, spatial_maxsim
+from stzsar.ops.spatial_maxsim import check_word_mask, no_autocast, output_dtype, spatial_maxsim
 
 # Guards the cosine against a zero-norm weighted video (all-zero frames); the fused op uses the same.
 COSINE_EPS = _temporal_ops.SIMILARITY_EPS
 
 
-# S_temp [B, C, T] in plain PyTorch (forms [B, C, T, Nw]); the reference backend of the fused op.
-temporal_saliency_reference = _temporal_ops.torch_temporal_forward
+class _AutocastOff(torch.autograd.Function):
+    """``fn(*args)`` with autocast off in the forward and in the backward, which recomputes ``fn``
+    (autocast also recasts the GEMMs of a backward run inside it, so plain autograd would redo
+    float32 products in the autocast dtype). The plain path's counterpart of the fused ops'
+    own backward."""
+
+    @staticmethod
+    def forward(ctx, fn, *args):
+        tensors = [a for a in args if isinstance(a, Tensor)]
+        ctx.fn, ctx.is_tensor = fn, [isinstance(a, Tensor) for a in args]
+        ctx.others = [None if isinstance(a, Tensor) else a for a in args]
+        ctx.save_for_backward(*tensors)
+        with no_autocast(tensors[0]):
+            return fn(*args)
+
+    @staticmethod
+    def backward(ctx, grad):
+        saved = iter(ctx.saved_tensors)
+        needs = ctx.needs_input_grad[1:]
+        args, leaves = [], []
+        for is_tensor, other, need in zip(ctx.is_tensor, ctx.others, needs):
+            if not is_tensor:
+                args.append(other)
+                continue
+            arg = next(saved).detach().requires_grad_(need)
+            args.append(arg)
+            if need:
+                leaves.append(arg)
+        with no_autocast(grad), torch.enable_grad():
+            grads = iter(torch.autograd.grad(ctx.fn(*args), leaves, grad, allow_unused=True))
+        return (None,) + tuple(next(grads) if need else None for need in needs)
 
 
-def sti_similarity_reference(s_temp: Tensor, frames: Tensor, class_emb: Tensor) -> Tensor:
-    """``cos(z_c, f_st[b, c])`` through the frame Gram matrix, never forming ``f_st``."""
-    dtype = torch.promote_types(s_temp.dtype, frames.dtype)
+def _autocast_off(fn, *args):
+    if torch.is_grad_enabled() and any(isinstance(a, Tensor) and a.requires_grad for a in args):
+        return _AutocastOff.apply(fn, *args)
+    with no_autocast(next(a for a in args if isinstance(a, Tensor))):
+        return fn(*args)
+
+
+def temporal_saliency_reference(
+    s_sp: Tensor, frames: Tensor, words: Tensor, word_mask: Tensor, temperature: float
+) -> Tensor:
+    """S_temp [B, C, T] in plain PyTorch (forms [B, C, T, Nw]); the reference backend of the
+    fused op, under its dtype rule (autocast off in the forward and the backward)."""
+    return _autocast_off(_temporal_ops.torch_temporal_forward, s_sp, frames, words, word_mask, float(temperature))
+
+
+def _similarity_plain(s_temp: Tensor, frames: Tensor, class_emb: Tensor) -> Tensor:
+    dtype = output_dtype(torch.promote_types(torch.promote_types(s_temp.dtype, frames.dtype), class_emb.dtype))
     s_temp, frames, class_emb = s_temp.to(dtype), frames.to(dtype), class_emb.to(dtype)
     numerator = torch.einsum("bct,btc->bc", s_temp, frames @ class_emb.t())
     gram = frames @ frames.transpose(1, 2)  # [B, T, T]
     norm_sq = torch.einsum("bct,bts,bcs->bc", s_temp, gram, s_temp)
     denominator = norm_sq.clamp_min(0).sqrt() * class_emb.norm(dim=-1).unsqueeze(0)
     return numerator / denominator.clamp_min(COSINE_EPS)
+
+
+def sti_similarity_reference(s_temp: Tensor, frames: Tensor, class_emb: Tensor) -> Tensor:
+    """``cos(z_c, f_st[b, c])`` through the frame Gram matrix, never forming ``f_st``.
+
+    The dtype rule of the fused op (docs/kernels.md, "Dtypes and autocast"): float32 math
+    (float64 for float64 inputs) with autocast off, in the forward and in the backward, a float32
+    result, gradients in the inputs' dtypes."""
+    return _autocast_off(_similarity_plain, s_temp, frames, class_emb)
 
 
 
