@@ -3,6 +3,7 @@
     python -m benchmarks.throughput                      # tiny model on the CPU (or gpu-b16 on a GPU)
     python -m benchmarks.throughput --preset gpu-b16     # ViT-B/16, batch 64, 16 frames, bf16 (~1-2 min)
     python -m benchmarks.throughput --preset gpu-l14     # ViT-L/14, batch 64, 8 frames, bf16
+    python -m benchmarks.throughput --compile-only       # eager vs torch.compile'd train step only
 
 Every part is timed on its own, with the device synchronised around each call (median of
 ``--iters`` runs after ``--warmup`` runs):
@@ -18,6 +19,14 @@ The STI runs twice: "fused" is the model's own ``STIModule`` (fused ops, ``backe
 is ``STIModule(fused=False, backend="torch")``, the plain PyTorch formulation that materialises
 the similarity tensor chunk by chunk. Which backend "auto" resolved to is printed: without the
 compiled extension or Triton the fused path falls back to PyTorch code too.
+
+``--compile`` (or ``--compile-only``, which skips the parts above) adds the full train step
+eager and compiled as ``train.compile`` compiles it (``stzsar.train.trainer.compile_model``: the
+video encoder and the STI head, in place): the first step of each is timed on its own (the
+compiled one includes the compile), then the steady-state median. The compile time is the first
+compiled step less a steady one; break-even steps = compile time / (eager step - compiled step).
+Inductor's caches go to a fresh temporary folder, so the compile is a cold one
+(``--warm-cache`` keeps torch's default caches: a rerun then reuses the compiled code).
 
 Peak memory is ``torch.cuda.max_memory_allocated`` during each part on a GPU (weights, optimizer
 state and activations together); on the CPU it is the process's peak resident size during the
@@ -39,7 +48,7 @@ from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 import torch
 
-from benchmarks.common import describe_machine, fmt, format_table, machine_info, time_call, write_result
+from benchmarks.common import describe_machine, fmt, format_table, machine_info, synchronize, time_call, write_result
 
 #: Named configurations. ``gpu-b16`` is the paper's training setting (batch 64, 16 frames, ViT-B/16)
 #: where the STI share of a step is meant to stay under 10%.
@@ -306,6 +315,97 @@ def measure_model(cfg: argparse.Namespace, device: torch.device, progress) -> Di
             "trainable_parameters": sum(p.numel() for p in trainable)}
 
 
+def measure_compile(cfg: argparse.Namespace, device: torch.device) -> Dict[str, Any]:
+    """Eager vs compiled full train step (forward, loss, backward, AdamW) on the same weights."""
+    from stzsar.losses import multi_positive_contrastive_loss
+    from stzsar.model import build_model
+    from stzsar.train.trainer import compile_model
+
+    def build():
+        torch.manual_seed(0)
+        model = build_model(cfg.model, None, image_size=cfg.size, device=device)
+        model.train()
+        model.text.eval()
+        return model
+
+    eager = build()
+    size, T, B, C = eager.image_size, cfg.frames, cfg.batch, cfg.classes
+    names, attributes = synthetic_classes(C)
+    with torch.no_grad():
+        bank = eager.encode_classes(names, attributes)
+    generator = torch.Generator(device="cpu").manual_seed(0)
+    video = torch.randn(B, T, 3, size, size, generator=generator).to(device)
+    labels = (torch.arange(B) % C).to(device)
+    train_bank = bank.select(labels.cpu()).to(device)
+    out: Dict[str, Any] = {"iters": cfg.iters, "warmup": cfg.warmup}
+    losses = {}
+    for name in ("eager", "compiled"):
+        model = eager if name == "eager" else build()
+        if name == "compiled":
+            torch._dynamo.reset()
+            compile_model(model)
+        optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=5e-5,
+                                      weight_decay=0.05)
+
+        def step():
+            optimizer.zero_grad(set_to_none=True)
+            with _autocast(device, cfg.amp):
+                logits = model(video, train_bank)
+            loss = multi_positive_contrastive_loss(logits.float(), labels)
+            loss.backward()
+            optimizer.step()
+            return loss
+
+        try:
+            synchronize(device)
+            start = time.perf_counter()
+            losses[name] = float(step().detach())
+            synchronize(device)
+            first = time.perf_counter() - start
+            steady = time_call(step, device=device, warmup=cfg.warmup, iters=cfg.iters)
+        except Exception as error:  # recorded, reported and turned into the exit status
+            message = str(error).splitlines()[0] if str(error) else ""
+            out[name] = {"error": f"{type(error).__name__}: {message}"}
+            continue
+        out[name] = {"first_step_s": first, **steady}
+        del model, optimizer
+    if "error" in out.get("eager", {}) or "error" in out.get("compiled", {}):
+        return out
+    eager_s, compiled_s = out["eager"]["median_s"], out["compiled"]["median_s"]
+    out["compile_s"] = max(0.0, out["compiled"]["first_step_s"] - compiled_s)
+    out["saving_per_step_s"] = eager_s - compiled_s
+    out["speedup"] = eager_s / compiled_s
+    out["break_even_steps"] = (out["compile_s"] / out["saving_per_step_s"]) if out["saving_per_step_s"] > 0 else None
+    out["first_loss"] = losses
+    return out
+
+
+def compile_table(result: Dict[str, Any]) -> str:
+    cfg, m = result["config"], result["compile"]
+    rows = []
+    for name in ("eager", "compiled"):
+        part = m.get(name, {})
+        if "error" in part:
+            rows.append([name, "error", "-", "-", part["error"]])
+            continue
+        rows.append([name, fmt(part["first_step_s"], 2), fmt(part["median_s"] * 1e3, 1),
+                     fmt(cfg["batch"] / part["median_s"], 1), ""])
+    notes = [f"machine: {result['machine_line']}; steady state: median of {m['iters']} steps after {m['warmup']} "
+             "warm-up steps."]
+    if "compile_s" in m:
+        even = m["break_even_steps"]
+        notes.append(f"compile time (first compiled step less a steady one): {m['compile_s']:.1f} s; saving per step "
+                     f"{m['saving_per_step_s'] * 1e3:.1f} ms (x{m['speedup']:.2f}); break-even after "
+                     + (f"{even:.0f} steps" if even is not None else "never (compiled is not faster)") + ".")
+    notes.append("inductor caches: " + ("torch's default (may be warm)" if cfg.get("warm_cache") else
+                                        "a fresh temporary folder (cold compile)") + ".")
+    title = (f"Train step eager vs torch.compile: {cfg['model']}, batch {cfg['batch']} x {cfg['frames']} frames, "
+             f"amp {cfg['amp']}, on {result['device']}"
+             + (f" ({cfg['threads']} torch threads)" if result["device"] == "cpu" else ""))
+    return format_table(["mode", "first step s", "steady ms", "clips/s", "error"], rows, title=title, notes=notes,
+                        align="lrrrl")
+
+
 # --------------------------------------------------------------------------------------------
 # Table
 # --------------------------------------------------------------------------------------------
@@ -427,6 +527,11 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--decode-clips", type=int, default=None, help="synthetic clips to decode (0: skip)")
     parser.add_argument("--decode-frames", type=int, default=None, help="frames of each synthetic clip")
     parser.add_argument("--decode-size", type=_size_pair, default=None, help="WIDTHxHEIGHT of the synthetic clips")
+    parser.add_argument("--compile", action="store_true",
+                        help="also time the full train step eager vs torch.compile'd (compile time apart)")
+    parser.add_argument("--compile-only", action="store_true", help="only the eager vs compiled train step")
+    parser.add_argument("--warm-cache", action="store_true",
+                        help="keep inductor's default caches (default: a fresh temporary folder, a cold compile)")
     parser.add_argument("--json", action="store_true", help="print the result as JSON instead of the table")
     parser.add_argument("--out", default=None, help="folder of the JSON result (default benchmarks/results/)")
     parser.add_argument("--no-save", action="store_true", help="do not write the JSON result file")
@@ -464,6 +569,30 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     if cfg.threads:
         torch.set_num_threads(cfg.threads)  # also bounds the extension's OpenMP regions (same runtime)
     cfg.threads = torch.get_num_threads()
+    cfg.warm_cache = bool(args.warm_cache)
+    cache = None
+    if (args.compile or args.compile_only) and not args.warm_cache:
+        import os
+
+        cache = tempfile.TemporaryDirectory(prefix="stzsar-inductor-")
+        os.environ["TORCHINDUCTOR_CACHE_DIR"] = cache.name
+        os.environ["TRITON_CACHE_DIR"] = os.path.join(cache.name, "triton")
+    if args.compile_only:
+        compiled = measure_compile(cfg, device)
+        config = {k: (list(v) if isinstance(v, tuple) else v) for k, v in vars(cfg).items()}
+        result = {"config": config, "device": str(device), "machine_line": describe_machine(machine_info()),
+                  "compile": compiled}
+        tag = f"compile_{cfg.model}_B{cfg.batch}_T{cfg.frames}_{device.type}"
+        path = None if args.no_save else write_result("throughput", tag, config, result, args.out)
+        if args.json:
+            import json
+
+            print(json.dumps(result, indent=2, default=float))
+        else:
+            print(compile_table(result))
+            if path is not None:
+                print(f"\nwrote {path}")
+        return 1 if any("error" in compiled.get(k, {}) for k in ("eager", "compiled")) else 0
     with tqdm(total=6 + 8, desc=f"throughput {cfg.preset}", unit="part", file=sys.stderr) as progress:
         try:
             model_result = measure_model(cfg, device, progress)
@@ -482,6 +611,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         "sti_share_naive": sti_share(model_result["variants"]["naive"]),
         "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
     }
+    if args.compile:
+        result["compile"] = measure_compile(cfg, device)
     tag = f"{cfg.preset}_{device.type}" if not any(getattr(args, k) is not None for k in ("model", "size", "frames", "batch", "classes")) \
         else f"{cfg.model}_{cfg.frames}x{model_result['size']}_B{cfg.batch}_C{cfg.classes}_{device.type}"
     path = None if args.no_save else write_result("throughput", tag, config, result, args.out)
@@ -491,9 +622,13 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         print(json.dumps(result, indent=2, default=float))
     else:
         print(make_table(result))
+        if "compile" in result:
+            print()
+            print(compile_table(result))
         if path is not None:
             print(f"\nwrote {path}")
-    return 1 if failures(result) else 0
+    compile_failed = any("error" in result.get("compile", {}).get(k, {}) for k in ("eager", "compiled"))
+    return 1 if failures(result) or compile_failed else 0
 
 
 if __name__ == "__main__":
