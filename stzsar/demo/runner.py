@@ -47,7 +47,7 @@ DEMO_CONFIG: Dict[str, Dict[str, Any]] = {
     "data": {"format": "bike", "num_frames": 8, "size": 32, "short_side": 36, "hflip": 0.0,
              "num_workers": 0, "num_attributes": 8},
     "optim": {"lr": 2e-3, "weight_decay": 0.05, "warmup_epochs": 1.0},
-    "train": {"epochs": 20, "batch_size": 32, "checkpoint_every": 0, "keep_last": 2, "log_every": 5,
+    "train": {"epochs": 40, "batch_size": 32, "checkpoint_every": 0, "keep_last": 2, "log_every": 5,
               "output_dir": "runs/demo/train"},
     "eval": {"batch_size": 32},
 }
@@ -369,7 +369,7 @@ def run_demo(
                                               config.eval.batch_size),
                 "seconds": round(time.perf_counter() - tic, 1),
             }
-            if key == "full":
+            if key == "full" and variant.spatial:
                 variants[key]["example"] = _explain_example(trained, dataset, unseen_test, unseen_bank)
                 checkpoint = result.checkpoint
                 plots["seen"] = str(plot_confusion(seen, out / "confusion_seen.png",
