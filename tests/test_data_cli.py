@@ -76,12 +76,36 @@ def test_a_malformed_list_exits_2_naming_the_line(tmp_path, capsys):
     assert f"{tmp_path / 'list.txt'}:2: expected 'path label'" in capsys.readouterr().err
 
 
-def test_few_shot_subset(shared_data, tmp_path, capsys):
+def test_few_shot_subset_of_a_split_without_videos(shared_data, tmp_path, capsys):
+    # Without --decode the draw checks files as inspect does: none exists here, so none is drawn.
     lists = shared_data / "lists" / "ucf101"
-    run(["data", "inspect", "--format", "bike", "--list", str(lists / "train_rgb_split_1.txt"),
-         "--labels", str(lists / "ucf_labels.csv"), "--root", str(tmp_path), "--few-shot", "4", "--json"])
-    report = json.loads(capsys.readouterr().out)
-    assert report["videos"] == 404 and set(report["videos_per_class"].values()) == {4}
+    code = run(["data", "inspect", "--format", "bike", "--list", str(lists / "train_rgb_split_1.txt"),
+                "--labels", str(lists / "ucf_labels.csv"), "--root", str(tmp_path), "--few-shot", "4"])
+    assert code == 2
+    assert "no usable video to draw a 4-shot subset from (9537 listed" in capsys.readouterr().err
+
+
+def test_videos_per_class_when_all_classes_tie_and_when_they_do_not(tmp_path, capsys):
+    (tmp_path / "labels.csv").write_text("id,name\n0,a\n1,b\n2,c\n")
+    base = ["data", "inspect", "--format", "bike", "--labels", str(tmp_path / "labels.csv"), "--root", str(tmp_path),
+            "--list", str(tmp_path / "list.txt")]
+    (tmp_path / "list.txt").write_text("a/1 0\na/2 0\nb/1 1\nb/2 1\nc/1 2\nc/2 2\n")
+    run(base)
+    assert "videos per class: all 3 classes have 2 videos" in capsys.readouterr().out.splitlines()
+    (tmp_path / "list.txt").write_text("a/1 0\nb/1 1\nb/2 1\nb/3 1\nc/1 2\n")
+    run(base)
+    assert "videos per class: min 1 (a and 1 more), max 3 (b), mean 1.7" in capsys.readouterr().out.splitlines()
+
+
+def test_a_label_outside_the_class_list_says_so(tmp_path, capsys):
+    (tmp_path / "classInd.txt").write_text("".join(f"{i + 1} C{i}\n" for i in range(101)))
+    (tmp_path / "trainlist01.txt").write_text("C3/v_C3_g01_c01.avi 4\nC3/v_C3_g01_c02.avi 109\n")
+    code = run(["data", "inspect", "--format", "ucf101", "--list", str(tmp_path), "--subset", "train",
+                "--root", str(tmp_path)])
+    assert code == 2
+    err = capsys.readouterr().err
+    assert "trainlist01.txt:2: label 109 is outside the class list of 101 classes (classInd.txt; labels count from 1)" in err
+    assert "(?)" not in err
 
 
 def test_the_stzsar_command_has_data_inspect(tmp_path):

@@ -185,27 +185,46 @@ def test_dali_loader_matches_pyav_loader(dataset_root):
 
 
 
-def test_dali_batch_failure_skips_only_the_bad_video(dataset_root):
+def test_a_file_dali_fails_on_is_read_by_pyav_and_skipped_only_if_pyav_fails_too(dataset_root, monkeypatch):
+    from stzsar.data import decode_dali
     from stzsar.data.decode_dali import dali_status
 
     ok, why = dali_status()
     if not ok:
         pytest.skip(f"DALI is not usable here: {why}")
     split = make_split(dataset_root, [("run/b.webm", 0), ("jump/c", 1)])
-    loader = build_loader(split, ClipSpec(num_frames=2, size=32), batch_size=2, backend="dali", device="cpu",
-                          num_threads=1)
+    spec = ClipSpec(num_frames=2, size=32)
     bad = (dataset_root / "jump" / "c.webm").read_bytes()
-    decode = loader.decoder.decode
 
-    def failing(items):  # DALI fails a whole batch when one file in it is bad
-        if any(bytes(data) == bad for data, _ in items):
-            raise RuntimeError("Critical error in pipeline:\nencountered:\n\nbroken VP9 stream\nC++ context")
-        return decode(items)
+    def failing_loader():
+        loader = build_loader(split, spec, batch_size=2, backend="dali", device="cpu", num_threads=1)
+        decode = loader.decoder.decode
 
-    loader.decoder.decode = failing
+        def failing(items):  # DALI fails a whole batch when one file in it is bad
+            if any(bytes(data) == bad for data, _ in items):
+                raise RuntimeError("Critical error in pipeline:\nencountered:\n\nbroken VP9 stream\nC++ context")
+            return decode(items)
+
+        loader.decoder.decode = failing
+        return loader
+
+    loader = failing_loader()
+    (batch,) = list(loader)
+    (reference,) = list(build_loader(split, spec, batch_size=2))
+    assert batch["index"].tolist() == [0, 1] and not loader.skipped
+    assert (batch["video"] - reference["video"]).abs().mean() < 0.05
+    assert loader.report()["fallback_reasons"] == {"DALI failed on the file": 1}
+
+    class Unreadable(decode_dali.PyAVVideo):
+        def read_clip(self, choose):
+            raise VideoDecodeError(self.path, "decoding failed: InvalidDataError")
+
+    monkeypatch.setattr(decode_dali, "PyAVVideo", Unreadable)
+    loader = failing_loader()
     (batch,) = list(loader)
     assert batch["index"].tolist() == [0]
-    assert [(s.index, s.reason) for s in loader.skipped] == [(1, "DALI decoding failed: broken VP9 stream")]
+    assert [(s.index, s.reason) for s in loader.skipped] == [
+        (1, "decoding failed: InvalidDataError; DALI failed on the file (broken VP9 stream)")]
 
 
 def test_dali_loader_turns_rotated_videos_upright_like_pyav(tmp_path):

@@ -146,7 +146,10 @@ def test_malformed_list_lines_are_named(tmp_path):
     with pytest.raises(SplitFormatError, match=r"bad\.txt:3: expected 'path label'.*this-line-has-no-label"):
         read_list(bad, ["a", "b"], ROOT)
     bad.write_text("a/v1 10 0\na/v2 10 7\n")
-    with pytest.raises(SplitFormatError, match=r"bad\.txt:2: label 7 outside the 2 classes"):
+    with pytest.raises(SplitFormatError, match=r"bad\.txt:2: label 7 is outside the class list of 2 classes"):
+        read_list(bad, ["a", "b"], ROOT)
+    bad.write_text("a/v1.avi 0\na/v2.avi,1\n")  # a comma for the space
+    with pytest.raises(SplitFormatError, match=r"bad\.txt:2: expected 'path label'.* after '\.avi' with ',1'"):
         read_list(bad, ["a", "b"], ROOT)
 
 
@@ -158,9 +161,26 @@ def test_ucf101_unknown_class_and_wrong_label_are_named(tmp_path):
     (tmp_path / "trainlist01.txt").write_text("Archery/v_Archery_g01_c01.avi 1\n")
     with pytest.raises(SplitFormatError, match=r"trainlist01\.txt:1: label 1 \(ApplyEyeMakeup\) disagrees"):
         read_ucf101(tmp_path, ROOT, subset="train")
+    (tmp_path / "trainlist01.txt").write_text("Archery/v_Archery_g01_c01.avi 9\n")
+    with pytest.raises(SplitFormatError, match=r"trainlist01\.txt:1: label 9 is outside the class list of 2 classes "
+                                               r"\(classInd\.txt; labels count from 1\)"):
+        read_ucf101(tmp_path, ROOT, subset="train")
     (tmp_path / "testlist01.txt").write_text("Archery/v_Archery_g01_c01.avi extra words\n")
     with pytest.raises(SplitFormatError, match=r"testlist01\.txt:1: expected"):
         read_ucf101(tmp_path, ROOT)
+
+
+def test_a_comma_for_the_space_in_a_trainlist_names_the_file_and_line(tmp_path):
+    (tmp_path / "classInd.txt").write_text("1 ApplyEyeMakeup\n2 Archery\n3 Biking\n")
+    (tmp_path / "trainlist01.txt").write_text("Archery/v_Archery_g01_c01.avi 2\nBiking/v_Biking_g09_c01.avi,3\n")
+    with pytest.raises(SplitFormatError) as caught:
+        read_ucf101(tmp_path, ROOT, subset="train")
+    message = str(caught.value)
+    assert message.startswith(f"{tmp_path / 'trainlist01.txt'}:2: expected 'Class/video.avi [label]'")
+    assert "'Biking/v_Biking_g09_c01.avi,3'" in message and "',3'" in message
+    (tmp_path / "clap_test_split1.txt").write_text("v1.avi 2\nv2.avi;1\n")
+    with pytest.raises(SplitFormatError, match=r"clap_test_split1\.txt:2: .* after '\.avi' with ';1'"):
+        read_hmdb51(tmp_path, ROOT)
 
 
 def test_hmdb51_bad_mark_is_named(tmp_path):
@@ -243,19 +263,23 @@ def test_k600_zero_shot_from_a_kinetics600_csv(tmp_path):
 def test_few_shot_subsets(shared_data):
     lists = shared_data / "lists" / "ucf101"
     train = read_list(lists / "train_rgb_split_1.txt", lists / "ucf_labels.csv", ROOT)
-    two = few_shot(train, 2, seed=0)
+    two = few_shot(train, 2, seed=0, check="none")  # the listed videos, none read
     assert len(two) == 202 and two.counts() == [2] * 101
-    assert two.videos == few_shot(train, 2, seed=0).videos  # reproducible
-    assert two.videos != few_shot(train, 2, seed=1).videos
-    four = few_shot(train, 4, seed=0)
+    assert two.videos == few_shot(train, 2, seed=0, check="none").videos  # reproducible
+    assert two.videos != few_shot(train, 2, seed=1, check="none").videos
+    four = few_shot(train, 4, seed=0, check="none")
     assert set(two.videos) <= set(four.videos)  # nested
     shuffled = list(train.videos)
     random.Random(5).shuffle(shuffled)
-    again = few_shot(VideoSplit(train.name, train.root, train.classes, shuffled), 2, seed=0)
+    again = few_shot(VideoSplit(train.name, train.root, train.classes, shuffled), 2, seed=0, check="none")
     assert set(again.videos) == set(two.videos)  # independent of the list order
-    assert two.meta["few_shot_k"] == 2
-    with pytest.raises(ValueError, match=r"fewer than K=500 videos for classes \[\('ApplyEyeMakeup'"):
-        few_shot(train, 500)
+    assert two.meta["few_shot_k"] == 2 and two.meta["few_shot_draw"]["classes_below_k"] == {}
+    many = few_shot(train, 500, check="none")
+    below = many.meta["few_shot_draw"]["classes_below_k"]
+    assert len(below) == 101 and below["ApplyEyeMakeup"] == train.counts()[0]
+    assert many.meta["few_shot_draw"]["note"].startswith("101 of 101 classes have fewer than K=500 usable videos")
+    with pytest.raises(ValueError, match="no usable video"):
+        few_shot(train, 2, check="file")  # /videos does not exist
 
 
 def test_match_classes_relabels(tmp_path):

@@ -7,25 +7,28 @@ Typical use::
     split = build_split("bike", "val_rgb_split_1.txt", "/data/ucf101/videos", labels="ucf_labels.csv")
     loader = build_loader(split, ClipSpec(num_frames=8, num_clips=1, num_crops=3),
                           batch_size=16, num_workers=8)
-    for batch in loader:            # {"video": [B, V, T, 3, 224, 224], "label", "index", "skipped"}
+    for batch in loader:            # {"video": [B, V, T, 3, 224, 224], "label", "index", "skipped", "short"}
         ...
-    print(loader.report())          # videos, loaded, skipped (+ path and reason of each)
+    print(loader.report())          # videos, loaded, skipped (+ path and reason of each), decoded short
 
 See ``docs/data.md``.
 """
 
 from .dataset import (
+    ShortVideo,
     SkippedVideo,
+    VideoCheck,
     VideoCollate,
     VideoDataset,
     VideoLoader,
     build_loader,
+    check_video,
     sample_indices,
     video_from_frames,
 )
 from .decode_dali import DaliDecoder, DaliVideoLoader, dali_status  # DALI itself is imported on use
 from .decode_pyav import PyAVVideo, VideoInfo, probe_video, read_frames
-from .errors import SplitFormatError, VideoDecodeError
+from .errors import ShortVideoError, SplitFormatError, VideoDecodeError
 from .protocols import (
     draw_zero_shot_classes,
     few_shot,
@@ -58,10 +61,13 @@ __all__ = [
     "DaliVideoLoader",
     "FORMATS",
     "PyAVVideo",
+    "ShortVideo",
+    "ShortVideoError",
     "SkippedVideo",
     "SplitFormatError",
     "VIDEO_EXTENSIONS",
     "Video",
+    "VideoCheck",
     "VideoCollate",
     "VideoDataset",
     "VideoDecodeError",
@@ -70,6 +76,7 @@ __all__ = [
     "VideoSplit",
     "build_loader",
     "build_split",
+    "check_video",
     "clip_indices",
     "crop_windows",
     "dali_status",

@@ -1,19 +1,23 @@
 """Torch datasets and loaders of video clips, with an explicit bad-file policy.
 
-:class:`VideoDataset` yields ``{"video", "label", "index"}`` for a good video. For a bad one
-(missing, empty, truncated, undecodable) it yields a :class:`SkippedVideo` with the path and the
-reason, or raises :class:`~stzsar.data.errors.VideoDecodeError` with ``strict=True``.
-:class:`VideoCollate` drops skipped items from a batch but lists them under ``"skipped"``, and
-:class:`VideoLoader` records each skipped video, logs it once (path and reason) and counts it, so
-an evaluation can say how many videos it scored and how many it skipped. Nothing is dropped
-silently. :func:`build_loader` makes the loader for either decoding path (PyAV in DataLoader
-workers, or DALI).
+:class:`VideoDataset` yields ``{"video", "label", "index", "short"}`` for a good video. For a bad
+one (missing, empty, truncated, undecodable) it yields a :class:`SkippedVideo` with the path and
+the reason, or raises :class:`~stzsar.data.errors.VideoDecodeError` with ``strict=True``. A video
+whose last frames are missing is not bad: its clip is sampled from the frames that exist, and the
+item says so (``"short"``: a :class:`ShortVideo`). :class:`VideoCollate` drops skipped items from
+a batch but lists them under ``"skipped"`` (and short ones under ``"short"``), and
+:class:`VideoLoader` records each skipped or short video, logs it once (path and reason) and
+counts it, so an evaluation can say how many videos it scored and how many it skipped. Nothing is
+dropped silently. :func:`build_loader` makes the loader for either decoding path (PyAV in
+DataLoader workers, or DALI). :func:`check_video` is the usability check that ``stzsar data
+inspect`` and the few-shot draw share.
 
 Batches::
 
     {"video": float32 [B, T, 3, S, S]  (or [B, V, T, 3, S, S] with several test views),
      "label": int64 [B], "index": int64 [B] (position in the split),
-     "skipped": [SkippedVideo, ...]  (videos of this batch that were left out)}
+     "skipped": [SkippedVideo, ...]  (videos of this batch that were left out),
+     "short": [ShortVideo, ...]  (videos of this batch decoded short, kept)}
 """
 
 from __future__ import annotations
@@ -26,9 +30,9 @@ from typing import Any, Dict, Iterator, List, Optional, Sequence, Tuple, Union
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from .decode_pyav import PyAVVideo
+from .decode_pyav import PyAVVideo, check_file
 from .errors import VideoDecodeError
-from .sampling import clip_indices
+from .sampling import clip_indices, middle_indices
 from .spec import ClipSpec
 from .splits import VideoSplit
 from .transforms import make_views, orient
@@ -45,6 +49,65 @@ class SkippedVideo:
     index: int
     path: str
     reason: str
+
+
+@dataclass(frozen=True)
+class ShortVideo:
+    """A video decoded short: kept, its clip sampled from the ``frames`` of ``expected`` that exist."""
+
+    index: int
+    path: str
+    frames: int
+    expected: int
+
+    @property
+    def reason(self) -> str:
+        return f"decoded short ({self.frames} of {self.expected} frames)"
+
+
+@dataclass(frozen=True)
+class VideoCheck:
+    """What :func:`check_video` found about one video of a split.
+
+    ``status`` is ``"ok"``, ``"short"`` (usable: decoded short), ``"missing"`` or ``"unreadable"``.
+    """
+
+    index: int
+    path: str
+    status: str
+    reason: Optional[str] = None
+    frames: Optional[int] = None
+    expected: Optional[int] = None
+    addressing: Optional[str] = None
+
+    @property
+    def usable(self) -> bool:
+        return self.status in ("ok", "short")
+
+
+def check_video(split: VideoSplit, index: int, *, decode: bool = True, num_frames: int = 8) -> VideoCheck:
+    """Whether video ``index`` of ``split`` can be used, and why not.
+
+    Without ``decode``: the file exists, is a regular file and is not empty. With ``decode``: the
+    file is demuxed and the frames of a test clip of ``num_frames`` frames are decoded, plus its
+    last frame, so that a video whose last frames are missing is found (status ``"short"``,
+    usable) and one that cannot give its frames is ``"unreadable"`` with the reason.
+    """
+    path = split.locate(index)
+    if path is None:
+        return VideoCheck(index, str(split.videos[index].path), "missing", missing_reason(split, index))
+    try:
+        if not decode:
+            check_file(path)
+            return VideoCheck(index, str(path), "ok")
+        with PyAVVideo(path) as video:
+            video.read_clip(lambda n: middle_indices(n, num_frames) + [n - 1])
+            info = video.info
+    except VideoDecodeError as error:
+        return VideoCheck(index, str(path), "unreadable", error.reason)
+    status = "short" if info.short else "ok"
+    return VideoCheck(index, str(path), status, info.short_reason(), info.num_frames,
+                      info.expected_frames if info.short else info.num_frames, info.addressing)
 
 
 def missing_reason(split: VideoSplit, index: int) -> str:
@@ -78,6 +141,20 @@ def sample_indices(
         num_frames, spec.num_frames, training=training, num_clips=1 if training else spec.num_clips, rng=rng
     )
     return [i for clip in clips for i in clip]
+
+
+def clip_chooser(spec: ClipSpec, training: bool, rng: Optional[random.Random]):
+    """``choose(num_frames) -> indices`` for :meth:`PyAVVideo.read_clip`: the same indices for the
+    same count whenever it is asked (the random source is reset to where it was), so a video
+    found short gets the clip it would have had with its true length known."""
+    state = rng.getstate() if rng is not None else None
+
+    def choose(num_frames: int) -> List[int]:
+        if state is not None:
+            rng.setstate(state)
+        return sample_indices(num_frames, spec, training=training, rng=rng)
+
+    return choose
 
 
 def item_rng(training: bool, seed: Optional[int], epoch: int, index: int) -> Optional[random.Random]:
@@ -140,24 +217,28 @@ class VideoDataset(Dataset):
 
     def load(self, index: int, rng: Optional[random.Random] = None) -> torch.Tensor:
         """The video tensor of item ``index``; raises :class:`VideoDecodeError` for a bad file."""
+        return self.load_item(index, rng)[0]
+
+    def load_item(self, index: int, rng: Optional[random.Random] = None) -> Tuple[torch.Tensor, Optional[ShortVideo]]:
+        """The video tensor of item ``index`` and, when it was decoded short, a :class:`ShortVideo`."""
         path = self.split.locate(index)
         if path is None:
             raise VideoDecodeError(self.split.videos[index].path, missing_reason(self.split, index))
         with PyAVVideo(path, threads=self.threads) as video:
-            indices = sample_indices(video.num_frames, self.spec, training=self.training, rng=rng)
-            frames, rotation = video.read(indices)
-        return video_from_frames(
-            torch.from_numpy(frames), rotation, self.spec, training=self.training, rng=rng
-        )
+            _, frames, rotation = video.read_clip(clip_chooser(self.spec, self.training, rng))
+            info = video.info
+        short = ShortVideo(index, str(path), info.num_frames, info.expected_frames) if info.short else None
+        tensor = video_from_frames(torch.from_numpy(frames), rotation, self.spec, training=self.training, rng=rng)
+        return tensor, short
 
     def __getitem__(self, index: int) -> Union[Dict[str, Any], SkippedVideo]:
         try:
-            video = self.load(index, item_rng(self.training, self.seed, self.epoch, index))
+            video, short = self.load_item(index, item_rng(self.training, self.seed, self.epoch, index))
         except VideoDecodeError as error:
             if self.strict:
                 raise
             return SkippedVideo(index, error.path, error.reason)
-        return {"video": video, "label": self.split.videos[index].label, "index": index}
+        return {"video": video, "label": self.split.videos[index].label, "index": index, "short": short}
 
 
 class VideoCollate:
@@ -178,25 +259,36 @@ class VideoCollate:
             "label": torch.tensor([item["label"] for item in good], dtype=torch.long),
             "index": torch.tensor([item["index"] for item in good], dtype=torch.long),
             "skipped": skipped,
+            "short": [item["short"] for item in good if item.get("short") is not None],
         }
 
 
 class SkipRecorder:
-    """Remembers skipped videos across passes, logs each one once, counts them per pass."""
+    """Remembers skipped and short videos across passes, logs each one once, counts them per pass."""
 
     def __init__(self, name: str):
         self.name = name
         #: every video skipped so far, by index (first reason kept)
         self.skipped: Dict[int, SkippedVideo] = {}
+        #: every video decoded short so far, by index
+        self.short: Dict[int, ShortVideo] = {}
         self.pass_loaded = 0
         self.pass_skipped = 0
+        self.pass_short = 0
 
     def start_pass(self) -> None:
         self.pass_loaded = 0
         self.pass_skipped = 0
+        self.pass_short = 0
 
     def record(self, batch: Dict[str, Any]) -> None:
         self.pass_loaded += int(batch["label"].numel())
+        for item in batch.get("short", ()):
+            self.pass_short += 1
+            if item.index not in self.short:
+                self.short[item.index] = item
+                logger.info("%s: video %d (%s) %s; its clip is sampled from those frames",
+                            self.name, item.index, item.path, item.reason)
         for item in batch["skipped"]:
             self.pass_skipped += 1
             if item.index not in self.skipped:
@@ -220,14 +312,23 @@ class SkipAccounting:
     def num_skipped(self) -> int:
         return len(self._recorder.skipped)
 
+    @property
+    def short(self) -> List[ShortVideo]:
+        """Every video decoded short so far (kept, sampled from the frames it has), in index order."""
+        return [self._recorder.short[i] for i in sorted(self._recorder.short)]
+
     def report(self) -> Dict[str, Any]:
-        """Counts of the last pass and every skipped video, for evaluation reports."""
+        """Counts of the last pass, every skipped video and every video decoded short."""
         return {
             "videos": len(self.dataset),
             "loaded": self._recorder.pass_loaded,
             "skipped": self._recorder.pass_skipped,
             "skipped_videos": [
                 {"index": s.index, "path": s.path, "reason": s.reason} for s in self.skipped
+            ],
+            "short": self._recorder.pass_short,
+            "short_videos": [
+                {"index": s.index, "path": s.path, "frames": s.frames, "expected": s.expected} for s in self.short
             ],
         }
 

@@ -10,10 +10,18 @@ them -- on the GPU with ``device="gpu"`` (NVDEC decoding, no host round trip).
 - ``device="gpu"``: the ``mixed`` decoder (NVDEC): H.264, HEVC, VP8, VP9, AV1, MPEG-4, MJPEG.
 - ``device="cpu"``: DALI's CPU decoder (libavcodec) reads VP8, VP9 and MJPEG only.
 
-A video whose codec the chosen DALI backend does not decode is decoded by PyAV instead (counted in
-:attr:`DaliVideoLoader.fallbacks`), so a mixed-codec dataset loses nothing. Bad files follow the
-same policy as :class:`~stzsar.data.dataset.VideoLoader`: skipped, logged once, counted; or
-raised with ``strict=True``.
+Frame ``k`` must be the same frame as PyAV's frame ``k``. DALI numbers frames by sorting the
+packets' timestamps, so it is given only files that PyAV addresses by timestamps too
+(:attr:`~stzsar.data.decode_pyav.VideoInfo.addressing`); a file whose timestamps cannot address
+frames (AVI with B-frames, repeated or missing timestamps) is decoded by PyAV. So is a file the
+probe finds short of the frames its header declares, a file with an edit list on the GPU (DALI's
+CPU decoder is tested to agree with PyAV on those; its GPU decoder is not yet), a codec the chosen
+backend does not decode, and a file DALI fails on (PyAV then reads it, and finds, for instance,
+that it is decoded short). Each such video is counted in
+:attr:`DaliVideoLoader.fallbacks`, by reason in :attr:`DaliVideoLoader.fallback_reasons`, so a
+mixed dataset loses nothing. Bad files follow the same policy as
+:class:`~stzsar.data.dataset.VideoLoader`: skipped, logged once, counted; or raised with
+``strict=True``.
 """
 
 from __future__ import annotations
@@ -29,16 +37,17 @@ import numpy as np
 import torch
 
 from .dataset import (
+    ShortVideo,
     SkipAccounting,
     SkippedVideo,
     SkipRecorder,
     VideoDataset,
+    clip_chooser,
     item_rng,
     missing_reason,
-    sample_indices,
     video_from_frames,
 )
-from .decode_pyav import PyAVVideo
+from .decode_pyav import PyAVVideo, VideoInfo
 from .errors import VideoDecodeError
 
 logger = logging.getLogger(__name__)
@@ -48,6 +57,19 @@ DALI_CODECS = {
     "cpu": frozenset({"vp8", "vp9", "mjpeg"}),
     "gpu": frozenset({"h264", "hevc", "vp8", "vp9", "av1", "mpeg4", "mjpeg"}),
 }
+
+
+def pyav_reason(info: VideoInfo, device: str) -> Optional[str]:
+    """Why a video must be decoded by PyAV rather than DALI on ``device`` (``None``: DALI may)."""
+    if info.codec not in DALI_CODECS[device]:
+        return f"codec {info.codec} is not decoded by DALI's {device.upper()} backend"
+    if info.addressing != "timestamps":
+        return f"frames are addressed in decoding output order ({info.addressing_reason})"
+    if info.short:
+        return "decoded short: PyAV reads the frames that exist"
+    if info.discarded and device == "gpu":
+        return "edit list (frames decoded but not shown): DALI's GPU decoder is not verified on it"
+    return None
 
 
 def dali_status() -> Tuple[bool, str]:
@@ -137,11 +159,15 @@ class _Prepared:
 
     index: int
     path: Path
-    data: np.ndarray
+    data: Optional[np.ndarray]
     frames: List[int]
     rotation: int
-    codec: str
+    info: VideoInfo
     rng: Optional[random.Random]
+    #: draws the clip again for a given frame count (a PyAV read that finds the video short)
+    choose: Any
+    #: why PyAV decodes this video (``None``: DALI does)
+    pyav: Optional[str] = None
 
 
 def _dali_reason(error: BaseException) -> str:
@@ -182,8 +208,9 @@ class DaliVideoLoader(SkipAccounting):
         self.backend = f"dali-{device}"
         self.decoder = DaliDecoder(device, batch_size=batch_size, num_threads=num_threads, device_id=device_id)
         self.num_threads = num_threads
-        #: videos decoded by PyAV because the DALI backend lacks their codec
+        #: videos decoded by PyAV instead of DALI (see the module doc), and why
         self.fallbacks = 0
+        self.fallback_reasons: Dict[str, int] = {}
         self._recorder = SkipRecorder(dataset.split.name)
         self._passes = 0
 
@@ -192,7 +219,7 @@ class DaliVideoLoader(SkipAccounting):
         return n // self.batch_size if self.drop_last else -(-n // self.batch_size)
 
     def report(self) -> Dict[str, Any]:
-        return {**super().report(), "fallbacks": self.fallbacks}
+        return {**super().report(), "fallbacks": self.fallbacks, "fallback_reasons": dict(self.fallback_reasons)}
 
     # -- one pass ---------------------------------------------------------------------------------------
     def _order(self) -> List[int]:
@@ -218,7 +245,7 @@ class DaliVideoLoader(SkipAccounting):
                     yield batch
 
     def _prepare(self, index: int, epoch: int) -> "_Prepared":
-        """Host side of one video: read the bytes, count frames, choose indices (or fail)."""
+        """Host side of one video: count frames, choose indices, read the bytes (or fail)."""
         ds = self.dataset
         rng = item_rng(ds.training, ds.seed, epoch, index)
         path = ds.split.locate(index)
@@ -227,12 +254,27 @@ class DaliVideoLoader(SkipAccounting):
         with PyAVVideo(path) as video:
             info = video.info
             rotation = video.first_frame_rotation()
-        frames = sample_indices(info.num_frames, ds.spec, training=ds.training, rng=rng)
-        return _Prepared(index, path, np.fromfile(path, dtype=np.uint8), frames, rotation, info.codec, rng)
+        choose = clip_chooser(ds.spec, ds.training, rng)
+        frames = choose(info.num_frames)
+        why = pyav_reason(info, self.decoder.device)
+        data = np.fromfile(path, dtype=np.uint8) if why is None else None
+        return _Prepared(index, path, data, frames, rotation, info, rng, choose, why)
+
+    def _pyav(self, item: "_Prepared", why: str) -> Tuple[torch.Tensor, Optional[ShortVideo]]:
+        """Decode ``item`` with PyAV (counted as a fallback), as :class:`VideoDataset` would."""
+        with PyAVVideo(item.path) as video:
+            indices, array, rotation = video.read_clip(item.choose)
+            info = video.info
+        item.frames, item.rotation = indices, rotation
+        self.fallbacks += 1
+        self.fallback_reasons[why] = self.fallback_reasons.get(why, 0) + 1
+        short = ShortVideo(item.index, str(item.path), info.num_frames, info.expected_frames) if info.short else None
+        return torch.from_numpy(array).to(self._torch_device()), short
 
     def _load_batch(self, indices: Sequence[int], epoch: int, pool: ThreadPoolExecutor) -> Dict[str, Any]:
         ds = self.dataset
         skipped: List[SkippedVideo] = []
+        shorts: Dict[int, ShortVideo] = {}
         ready: List[_Prepared] = []
         futures = [(index, pool.submit(self._prepare, index, epoch)) for index in indices]
         for index, future in futures:
@@ -241,18 +283,8 @@ class DaliVideoLoader(SkipAccounting):
             except VideoDecodeError as error:
                 self._fail(index, error, skipped)
         decoded: Dict[int, torch.Tensor] = {}
-        supported = DALI_CODECS[self.decoder.device]
-        for item in ready:
-            if item.codec in supported:
-                continue
-            try:  # a codec this DALI backend cannot decode: PyAV decodes it
-                with PyAVVideo(item.path) as video:
-                    array, _ = video.read(item.frames)
-                decoded[item.index] = torch.from_numpy(array).to(self._torch_device())
-                self.fallbacks += 1
-            except VideoDecodeError as error:
-                self._fail(item.index, error, skipped)
-        for_dali = [item for item in ready if item.codec in supported]
+        retry: List[Tuple[_Prepared, str]] = [(item, item.pyav) for item in ready if item.pyav is not None]
+        for_dali = [item for item in ready if item.pyav is None]
         if for_dali:
             try:
                 outputs = self.decoder.decode([(item.data, item.frames) for item in for_dali])
@@ -263,18 +295,31 @@ class DaliVideoLoader(SkipAccounting):
                     try:
                         decoded[item.index] = self.decoder.decode([(item.data, item.frames)])[0]
                     except Exception as error:
-                        reason = f"DALI decoding failed: {_dali_reason(error)}"
-                        self._fail(item.index, VideoDecodeError(item.path, reason), skipped)
+                        retry.append((item, f"DALI failed on the file ({_dali_reason(error)})"))
+        for item in for_dali:
+            out = decoded.get(item.index)
+            if out is not None and out.shape[0] != len(item.frames):
+                del decoded[item.index]
+                retry.append((item, f"DALI returned fewer frames than asked: {out.shape[0]} of {len(item.frames)}"))
+        for item, why in retry:
+            try:
+                key = item.pyav or why.split(" (")[0].split(":")[0]
+                decoded[item.index], short = self._pyav(item, key)
+                if short is not None:
+                    shorts[item.index] = short
+            except VideoDecodeError as error:
+                if item.pyav is None:  # DALI failed first: say so too
+                    error = VideoDecodeError(error.path, f"{error.reason}; {why}")
+                self._fail(item.index, error, skipped)
         videos, labels, kept = [], [], []
         for item in ready:
             if item.index not in decoded:
                 continue
-            frames = decoded[item.index]
-            if frames.shape[0] != len(item.frames):
-                reason = f"DALI returned {frames.shape[0]} of {len(item.frames)} frames"
-                self._fail(item.index, VideoDecodeError(item.path, reason), skipped)
-                continue
-            videos.append(video_from_frames(frames, item.rotation, ds.spec, training=ds.training, rng=item.rng))
+            if item.index not in shorts and item.info.short:  # found short by the probe
+                shorts[item.index] = ShortVideo(item.index, str(item.path), item.info.num_frames,
+                                                item.info.expected_frames)
+            videos.append(video_from_frames(decoded[item.index], item.rotation, ds.spec, training=ds.training,
+                                            rng=item.rng))
             labels.append(ds.split.videos[item.index].label)
             kept.append(item.index)
         device = self._torch_device()
@@ -284,6 +329,7 @@ class DaliVideoLoader(SkipAccounting):
             "label": torch.tensor(labels, dtype=torch.long, device=device),
             "index": torch.tensor(kept, dtype=torch.long, device=device),
             "skipped": skipped,
+            "short": [shorts[i] for i in kept if i in shorts],
         }
 
     def _torch_device(self) -> torch.device:

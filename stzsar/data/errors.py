@@ -32,3 +32,22 @@ class VideoDecodeError(RuntimeError):
 
     def __reduce__(self):  # pickled across DataLoader worker boundaries
         return (type(self), (self.path, self.reason))
+
+
+class ShortVideoError(VideoDecodeError):
+    """A video whose frames end before its packets or header said (within the truncation
+    tolerance): ``available`` frames exist of ``expected``. Not a reason to skip the video: the
+    sampler picks its frames among those that exist (:meth:`PyAVVideo.read_clip`)."""
+
+    def __init__(self, path: Union[str, Path], available: Optional[int] = None, expected: Optional[int] = None):
+        if available is None:  # one argument: a whole message (see VideoDecodeError)
+            super().__init__(path)
+            self.available = self.expected = None
+            return
+        self.available, self.expected = int(available), int(expected if expected is not None else available)
+        super().__init__(path, f"decoded short ({self.available} of {self.expected} frames)")
+
+    def __reduce__(self):
+        if self.available is None:
+            return (type(self), (self.reason,))
+        return (type(self), (self.path, self.available, self.expected))

@@ -13,22 +13,31 @@ split come either
   by name. The published splits were drawn by ER-ZSAR's own random generator, so drawn splits are
   a documented alternative, not a reproduction; use the published files to compare with papers.
 
-Few-shot (:func:`few_shot`): ``K`` videos per class drawn with a seed. Each class's videos are
-sorted by path and shuffled with ``random.Random(f"few-shot:{seed}:{class}")``; the subset takes
-the first ``K``. The draw of a class depends only on the seed and that class's videos, and the
-``K = 2`` subset is contained in the ``K = 4`` one, and so on.
+Few-shot (:func:`few_shot`): ``K`` usable videos per class drawn with a seed. Each class's videos
+are sorted by path and shuffled with ``random.Random(f"few-shot:{seed}:{class}")``; the subset
+takes the first ``K`` of them that pass the usability check of ``stzsar data inspect``
+(:func:`stzsar.data.dataset.check_video`; by default decoding a test clip and the last frame).
+The draw of a class depends only on the seed, that class's videos and which of them can be read,
+and the ``K = 2`` subset is contained in the ``K = 4`` one, and so on. A class with fewer than
+``K`` usable videos keeps those it has; the subset's ``meta["few_shot_draw"]`` names it and
+how many it got, for reports.
 """
 
 from __future__ import annotations
 
 import json
+import logging
+import os
 import random
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import List, Optional, Sequence, Union
+from typing import Any, Callable, Dict, List, Optional, Sequence, Union
 
 from ..classes import ClassIndex, canonical_name, read_class_list
 from .errors import SplitFormatError
 from .splits import PathLike, VideoSplit, read_kinetics_csv, read_list
+
+logger = logging.getLogger(__name__)
 
 #: classes per Kinetics-600 zero-shot test split
 K600_ZERO_SHOT_CLASSES = 160
@@ -143,26 +152,109 @@ def k600_zero_shot(
     return result
 
 
-def few_shot(split: VideoSplit, k: int, *, seed: int = 0) -> VideoSplit:
-    """``k`` videos per class of ``split``, drawn reproducibly (see module doc).
+#: usability checks of :func:`few_shot`
+FEW_SHOT_CHECKS = ("decode", "file", "none")
+
+
+def _checker(check: Union[str, Callable], num_frames: int) -> Optional[Callable]:
+    if callable(check):
+        return check
+    if check not in FEW_SHOT_CHECKS:
+        raise ValueError(f"check must be one of {FEW_SHOT_CHECKS} or a function, got {check!r}")
+    if check == "none":
+        return None
+    from .dataset import check_video
+
+    decode = check == "decode"
+    return lambda split, index: check_video(split, index, decode=decode, num_frames=num_frames)
+
+
+def few_shot(
+    split: VideoSplit,
+    k: int,
+    *,
+    seed: int = 0,
+    check: Union[str, Callable[[VideoSplit, int], Any]] = "decode",
+    num_frames: int = 8,
+    workers: Optional[int] = None,
+) -> VideoSplit:
+    """``k`` usable videos per class of ``split``, drawn reproducibly (see module doc).
+
+    Args:
+        check: which videos may be drawn: ``"decode"`` (default; as ``stzsar data inspect
+            --decode``: the frames of a test clip of ``num_frames`` and the last frame decode),
+            ``"file"`` (as ``stzsar data inspect``: the file exists and is not empty),
+            ``"none"`` (every listed video), or a function ``(split, index) ->``
+            :class:`~stzsar.data.dataset.VideoCheck`.
+        workers: threads checking videos (default: the usable cores, at most 8).
+
+    Returns:
+        The subset. Its ``meta["few_shot_draw"]`` holds ``k``, ``seed``, ``check``,
+        ``classes_below_k`` (``{class: videos drawn}`` for each class with fewer than ``k`` usable
+        videos), ``unusable`` (each video passed over: path, status, reason), ``decoded_short``
+        (drawn videos decoded short) and ``note`` (one line saying which classes got fewer).
 
     Raises:
-        ValueError: naming the classes with fewer than ``k`` videos.
+        ValueError: ``k < 1``, or no usable video at all.
     """
     if k < 1:
         raise ValueError(f"few-shot K must be >= 1, got {k}")
+    test = _checker(check, num_frames)
+    check_name = check if isinstance(check, str) else getattr(check, "__name__", "custom")
     by_class: List[List[int]] = [[] for _ in split.classes]
     for index, (_, label) in enumerate(split.videos):
         by_class[label].append(index)
-    short = [(split.classes[c], len(v)) for c, v in enumerate(by_class) if len(v) < k]
-    if short:
-        raise ValueError(f"{split.name}: fewer than K={k} videos for classes {short[:5]}")
-    chosen: List[int] = []
+    orders: List[List[int]] = []
     for label, indices in enumerate(by_class):
         ordered = sorted(indices, key=lambda i: str(split.videos[i].path))
         rng = random.Random(f"few-shot:{seed}:{canonical_name(split.classes[label])}")
-        chosen.extend(rng.sample(ordered, len(ordered))[:k])
-    return split.subset(chosen, name=f"{split.name}-{k}shot", few_shot_k=k, few_shot_seed=seed)
+        orders.append(rng.sample(ordered, len(ordered)))
+    drawn: List[List[int]] = [[] for _ in split.classes]
+    unusable: List[Dict[str, Any]] = []
+    short: List[Dict[str, Any]] = []
+    if test is None:
+        drawn = [order[:k] for order in orders]
+    else:
+        # Check in rounds, each class's candidates in its drawn order, until K pass or none is left:
+        # the subset is the first K usable videos of each order, whatever the parallelism.
+        position = [0] * len(orders)
+        threads = workers or min(8, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else 4)
+        with ThreadPoolExecutor(max_workers=max(1, threads)) as pool:
+            while True:
+                batch = []
+                for label, order in enumerate(orders):
+                    need = k - len(drawn[label])
+                    take = order[position[label]: position[label] + max(0, need)]
+                    position[label] += len(take)
+                    batch += [(label, index) for index in take]
+                if not batch:
+                    break
+                results = list(pool.map(lambda item: test(split, item[1]), batch))
+                for (label, index), result in zip(batch, results):
+                    if result.usable:
+                        drawn[label].append(index)
+                        if result.status == "short":
+                            short.append({"path": result.path, "reason": result.reason})
+                    else:
+                        unusable.append({"path": result.path, "status": result.status, "reason": result.reason})
+    below = {split.classes[label]: len(indices) for label, indices in enumerate(drawn) if len(indices) < k}
+    chosen = [index for indices in drawn for index in indices]
+    if not chosen:
+        raise ValueError(
+            f"{split.name}: no usable video to draw a {k}-shot subset from ({len(split)} listed, "
+            f"{len(unusable)} checked and unusable; check={check_name!r})"
+        )
+    note = None
+    if below:
+        shown = ", ".join(f"{name} ({count})" for name, count in list(below.items())[:10])
+        more = f" and {len(below) - 10} more" if len(below) > 10 else ""
+        note = (f"{len(below)} of {len(split.classes)} classes have fewer than K={k} usable videos "
+                f"and train on what they have: {shown}{more}")
+        logger.warning("%s: %s", split.name, note)
+    draw = {"k": k, "seed": seed, "check": check_name, "videos": len(chosen), "classes_below_k": below,
+            "unusable": unusable, "decoded_short": short, "note": note}
+    return split.subset(chosen, name=f"{split.name}-{k}shot", few_shot_k=k, few_shot_seed=seed,
+                        few_shot_draw=draw)
 
 
 def match_classes(split: VideoSplit, classes: Sequence[str]) -> VideoSplit:

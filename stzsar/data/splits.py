@@ -148,6 +148,29 @@ def _is_int(text: str) -> bool:
     return re.fullmatch(r"[+-]?\d+", text) is not None
 
 
+_EXTENSION_THEN_MORE = re.compile(
+    r"(\.(?:" + "|".join(ext[1:] for ext in VIDEO_EXTENSIONS) + r"))([,;|:].*)$", re.IGNORECASE
+)
+
+
+def _check_path(rel: str, where: str, expected: str, line: str) -> None:
+    """Refuse a listed path that runs on past its video extension (``v.avi,3``: a comma where the
+    list has a space), which would otherwise be looked for as a file and reported missing."""
+    match = _EXTENSION_THEN_MORE.search(rel)
+    if match:
+        raise SplitFormatError(
+            f"{where}: expected {expected}, got {line.strip()!r}: the path goes on after "
+            f"{match.group(1)!r} with {match.group(2)!r} (fields are separated by spaces)"
+        )
+
+
+def _class_source(labels: Union[PathLike, Sequence[str], None], default: str) -> str:
+    """How to name a class list in messages."""
+    if isinstance(labels, (str, Path)):
+        return Path(labels).name
+    return default
+
+
 # -- BIKE / Text4Vis lists ---------------------------------------------------------------------------
 def read_list(
     list_file: PathLike,
@@ -171,18 +194,20 @@ def read_list(
             continue
         parts = line.rsplit(maxsplit=2)
         # The path may hold spaces: only the trailing integer fields are split off.
+        expected = "'path label' or 'path num_frames label'"
         if len(parts) == 3 and _is_int(parts[1]) and _is_int(parts[2]):
             rel, label_text = parts[0], parts[2]
         elif len(parts) >= 2 and _is_int(parts[-1]):
             rel, label_text = line.rsplit(maxsplit=1)[0].strip(), parts[-1]
         else:
-            raise SplitFormatError(
-                f"{list_file}:{number}: expected 'path label' or 'path num_frames label', got {line!r}"
-            )
+            _check_path(line.strip(), f"{list_file}:{number}", expected, line)
+            raise SplitFormatError(f"{list_file}:{number}: expected {expected}, got {line!r}")
+        _check_path(rel, f"{list_file}:{number}", expected, line)
         label = int(label_text)
         if not 0 <= label < len(classes):
             raise SplitFormatError(
-                f"{list_file}:{number}: label {label} outside the {len(classes)} classes of the class list"
+                f"{list_file}:{number}: label {label} is outside the class list of {len(classes)} classes "
+                f"({_class_source(labels, 'the class list')}; labels count from 0)"
             )
         videos.append(Video(root / rel, label))
     if not videos:
@@ -222,19 +247,27 @@ def read_ucf101(
         if not line.strip():
             continue
         where = f"{list_file}:{number}"
+        expected = "'Class/video.avi [label]'"
         parts = line.split()
+        if parts:
+            _check_path(parts[0], where, expected, line)
         if len(parts) not in (1, 2) or (len(parts) == 2 and not _is_int(parts[1])):
-            raise SplitFormatError(f"{where}: expected 'Class/video.avi [label]', got {line!r}")
+            raise SplitFormatError(f"{where}: expected {expected}, got {line!r}")
         rel = parts[0]
         if "/" not in rel:
             raise SplitFormatError(f"{where}: expected a 'Class/video.avi' path, got {rel!r}")
         folder_label = _lookup(index, rel.split("/")[0], where)
         if len(parts) == 2:
             label = int(parts[1]) - 1  # trainlist labels are 1-based, as classInd.txt
+            source = _class_source(labels, "classInd.txt")
+            if not 0 <= label < len(classes):
+                raise SplitFormatError(
+                    f"{where}: label {parts[1]} is outside the class list of {len(classes)} classes "
+                    f"({source}; labels count from 1)"
+                )
             if label != folder_label:
                 raise SplitFormatError(
-                    f"{where}: label {parts[1]} ({classes[label] if 0 <= label < len(classes) else '?'}) "
-                    f"disagrees with the folder {rel.split('/')[0]!r}"
+                    f"{where}: label {parts[1]} ({classes[label]}) disagrees with the folder {rel.split('/')[0]!r}"
                 )
         videos.append(Video(root / rel, folder_label))
     if not videos:
@@ -300,6 +333,8 @@ def read_hmdb51(
             if not line.strip():
                 continue
             parts = line.split()
+            if parts:
+                _check_path(parts[0], f"{path}:{number}", "'<video>.avi <0|1|2>'", line)
             if len(parts) != 2 or parts[1] not in ("0", "1", "2"):
                 raise SplitFormatError(f"{path}:{number}: expected '<video>.avi <0|1|2>', got {line!r}")
             if parts[1] == wanted_mark:

@@ -297,6 +297,9 @@ def trainer_finetune(
             note["note"] = (f"{len(subset)} training videos, fewer than train.batch_size={asked}: "
                             f"trained with batches of {run_config.train.batch_size}")
             logger.warning("few-shot K=%d: %s", k, note["note"])
+        drawn = (subset.meta.get("few_shot_draw") or {}).get("note")  # classes with fewer than K usable videos
+        if drawn:
+            note["note"] = "; ".join(filter(None, [note.get("note"), drawn]))
         notes[f"K={k}"] = note
         model, _ = load_checkpoint_model(checkpoint, device="cpu", pretrained=pretrained)
         outcome = train(run_config, dataset=subset, model=model, attributes=attributes,
