@@ -115,8 +115,8 @@ def model_cpu_threads(device: torch.device, num_workers: int, requested: int = 0
 
     On the CPU the decoding workers (one thread each) and the model share the cores. Torch's
     default of one OpenMP thread per core then oversubscribes them, and OpenMP threads spin at
-    every barrier while a worker holds their core: on 2 cores with 2 workers the ViT used 3.4x
-    the CPU time per video that one thread uses (docs/evaluation.md, Throughput). The model
+    every barrier while a worker holds their core: on 2 cores with 2 workers the ViT used several
+    times the CPU time per video that one thread uses (docs/evaluation.md, Throughput). The model
     gets the cores the workers leave, at least one. With no workers (decoding in the loop, one
     step after the other) or on CUDA, torch's setting stays.
     """
