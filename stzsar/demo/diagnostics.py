@@ -11,6 +11,8 @@ generated dataset), over the videos and their true class:
 - ``winners_on_actor``: the share of the action window's frames whose winning patch of ``S_sp``
   (the patch of the best patch-word pair) holds pixels of the actor, next to the share of all
   patches of those frames that do (``patches_on_actor``: what a random patch would give);
+- ``winner_roles``: which prompt words win ``S_sp`` (share of all frames by role: class name,
+  attribute, template word, punctuation), the word set being ``model.word_tokens``;
 - ``relu_dead``: the share of the projected patch and word features that the ReLU sets to zero;
 - ``projection_shift``: ``|W - I| / |I|`` (Frobenius) of the two projections, i.e. how far they
   moved from their identity start.
@@ -55,7 +57,15 @@ def sti_statistics(model, dataset, bank: ClassBank, windows_path: Path, colours:
     root = Path(windows_path).parent
     num_frames = dataset.spec.num_frames
     s_sp_mean, s_sp_std, s_sp_in, s_sp_out, peak, in_weight, in_share = [], [], [], [], [], [], []
+    from collections import Counter
+
+    from stzsar.eval.explain import prompt_words
+
     dead_patch, dead_word, on_actor, patches_on_actor = [], [], [], []
+    roles: Counter = Counter()
+    vocabulary = [prompt_words(model.text.tokenizer, bank.prompts[c], dataset.split.classes[c],
+                               model.config.template, bank.word_mask[c].nonzero().flatten().tolist())
+                  for c in range(len(bank))] if bank.prompts else None
     for first in range(0, len(dataset), batch_size):
         indices = list(range(first, min(first + batch_size, len(dataset))))
         clips = torch.stack([dataset.load(i) for i in indices])
@@ -72,6 +82,11 @@ def sti_statistics(model, dataset, bank: ClassBank, windows_path: Path, colours:
             projected_words = sti._project(words, sti.word_proj)
             _, index = spatial_maxsim_with_index(projected, projected_words, mask, backend="torch")
             winners = index[own, own] // words.shape[1]  # [b, T] flat patch index of the winner
+            if vocabulary is not None:
+                for row, label in enumerate(labels.tolist()):
+                    for position in (index[row, row] % words.shape[1]).tolist():
+                        word = vocabulary[label].get(position)
+                        roles[word.role if word else "word"] += 1
         if sti.word_proj is not None:
             projected = F.relu(sti.word_proj(F.normalize(words, dim=-1) if sti.normalize else words))
             dead_word.append(float((projected == 0).float()[mask].mean()))
@@ -105,6 +120,7 @@ def sti_statistics(model, dataset, bank: ClassBank, windows_path: Path, colours:
         "s_temp": {"max": _mean(peak), "uniform_max": 1.0 / num_frames,
                    "window_weight": _mean(in_weight), "window_share": _mean(in_share)},
         "winners_on_actor": _mean([float(x) for x in on_actor]), "patches_on_actor": _mean(patches_on_actor),
+        "winner_roles": {role: n / sum(roles.values()) for role, n in roles.most_common()},
         "relu_dead": {"patches": _mean(dead_patch), "words": _mean(dead_word)},
         "projection_shift": {"patch": _projection_shift(sti.patch_proj), "word": _projection_shift(sti.word_proj)},
     }
