@@ -12,11 +12,17 @@
 #   4. the kernel tests on CUDA tensors (Triton autotuning off: one compile per shape);
 #   5. python -m benchmarks.kernels --shape k400 (bf16), and --op sti when benchmarks/sti_step.py
 #      exists;
-#   6. a short summary table of every step and the benchmark figures.
+#   6. issue 15: the autocast tests on CUDA tensors (tests/test_autocast.py), the large-shape
+#      tests (the kernels at the accepted limits T=64, Nw=256 and T=128 against the torch backend,
+#      `auto` past them), the eager vs compiled train step (python -m benchmarks.throughput
+#      --compile-only, stzsar-small, bf16), last the sm_80/sm_90 compiles of the largest tiles
+#      (STZSAR_AOT_LIMITS=1); the device test (cuda:1 while cuda:0 is current, skipped with one
+#      GPU) runs with the kernel tests of step 4;
+#   7. a short summary table of every step and the benchmark figures.
 # Everything is tee'd into $OUT/ (default ./gpu_out). The exit status is non-zero when a step
 # failed or timed out; later steps still run so one failure does not cost the whole budget.
 #
-# Knobs: GPU_CHECK_BUDGET_S (overall deadline, default 450 s), GPU_CHECK_SKIP_BUILD=1 (reuse an
+# Knobs: GPU_CHECK_BUDGET_S (overall deadline, default 480 s), GPU_CHECK_SKIP_BUILD=1 (reuse an
 # existing build; dry runs skip the build unless GPU_CHECK_DRY_BUILD=1), CUDA_HOME (else /usr/local/cuda, nvcc on PATH, or a pip CUDA wheel's nvcc).
 set -euo pipefail
 
@@ -26,7 +32,7 @@ OUT="${OUT:-$ROOT/gpu_out}"
 mkdir -p "$OUT"
 OUT="$(cd "$OUT" && pwd)"
 DRY="${GPU_CHECK_DRY:-0}"
-BUDGET="${GPU_CHECK_BUDGET_S:-450}"
+BUDGET="${GPU_CHECK_BUDGET_S:-480}"
 PY="${PYTHON:-$(command -v python || command -v python3)}"
 START=$(date +%s)
 STATUS_FILE="$OUT/steps.tsv"
@@ -179,7 +185,63 @@ else
   echo "=== bench-sti: benchmarks/sti_step.py does not exist, skipped"
 fi
 
-# ---- 6. summary -------------------------------------------------------------------------------
+# ---- 6. issue 15: autocast, devices, large shapes, the compiled train step ---------------------
+step autocast 75 env STZSAR_TRITON_AUTOTUNE=0 "$PY" -m pytest tests/test_autocast.py -x -q -p no:cacheprovider -rs
+# The kernels at the largest accepted shapes (fp32, D=1024) against the torch backend, and past
+# them, where `auto` must pick a backend that runs. Dry runs: the same on the CPU kernels, smaller.
+step large-shapes 60 env STZSAR_TRITON_AUTOTUNE=0 DRY="$DRY" "$PY" -c '
+import os, time, torch
+from stzsar.ops import available_backends, sti_similarity, temporal_saliency
+dry = os.environ["DRY"] == "1"
+dev = "cpu" if dry else "cuda"
+D = 64 if dry else 1024
+from stzsar.ops.temporal import _shape_limit
+found = [b for b in available_backends(dev, kernel="sti_temporal") if b != "torch" and not (dry and b == "triton")]
+print("backends on", dev, found)
+g = torch.Generator().manual_seed(0)
+def case(T, Nw, B=2, C=4):
+    s = torch.rand(B, C, T, generator=g).to(dev)
+    v = torch.nn.functional.normalize(torch.randn(B, T, D, generator=g), dim=-1).to(dev)
+    a = (torch.randn(C, Nw, D, generator=g).relu() / 8).to(dev)
+    m = torch.ones(C, Nw, dtype=torch.bool, device=dev)
+    z = torch.randn(C, D, generator=g).to(dev)
+    return s, v, a, m, z
+def rel(x, y):
+    return float((x.double() - y.double()).abs().max() / y.double().abs().max())
+bad = 0
+for T, Nw in ((64, 256), (128, 1), (64, 300), (200, 8)):
+    s, v, a, m, z = case(T, Nw)
+    ref = temporal_saliency(s, v, a, m, 0.1, backend="torch")
+    ref_cos = sti_similarity(ref, v, z, backend="torch")
+    for b in found + ["auto"]:
+        t0 = time.perf_counter()
+        temporal_ok = b == "auto" or _shape_limit(b, dev, "temporal_saliency", T, Nw) is None
+        similarity_ok = b == "auto" or _shape_limit(b, dev, "sti_similarity", T, Nw) is None
+        e1 = rel(temporal_saliency(s, v, a, m, 0.1, backend=b), ref) if temporal_ok else None
+        e2 = rel(sti_similarity(ref, v, z, backend=b), ref_cos) if similarity_ok else None
+        ok = all(e is None or e < 1e-4 for e in (e1, e2))
+        bad += not ok
+        show = lambda e: "over its limit" if e is None else format(e, ".1e")
+        status = "ok" if ok else "MISMATCH"
+        print(f"T={T:<4} Nw={Nw:<4} D={D} {b:<7} S_temp rel {show(e1):>14}  cos rel {show(e2):>14}  "
+              f"{(time.perf_counter() - t0) * 1e3:7.0f} ms  {status}")
+raise SystemExit(1 if bad else 0)
+'
+if [[ "$DRY" == "1" ]]; then
+  COMPILE_ARGS=(--preset tiny --iters 3 --warmup 1)
+else
+  COMPILE_ARGS=(--preset gpu-b16 --model stzsar-small --batch 32 --frames 8 --iters 10 --warmup 3)
+fi
+step bench-compile 120 "$PY" -m benchmarks.throughput --compile-only "${COMPILE_ARGS[@]}" --out "$OUT"
+# Last: the slowest and least likely to change (Triton compiles of the largest tiles for sm_80/90).
+if [[ "$DRY" == "1" ]]; then
+  echo "=== aot-limits: skipped in the dry run (minutes of Triton compiles on a CPU)"
+else
+  step aot-limits 90 env STZSAR_AOT_LIMITS=1 "$PY" -m pytest tests/test_sti_temporal.py -q -p no:cacheprovider -rs \
+    -k largest_accepted_shapes
+fi
+
+# ---- 7. summary -------------------------------------------------------------------------------
 echo
 echo "=== summary ($(($(date +%s) - START))s in all; logs and JSON in $OUT)"
 "$PY" - "$OUT" << 'EOF' || true
