@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 import torch
 
-from stzsar.data import ClipSpec, VideoDataset, VideoSplit, build_loader
+from stzsar.data import ClipSpec, VideoSplit, build_loader
 from stzsar.data.dataset import check_video, clip_chooser
 from stzsar.data.decode_pyav import PyAVVideo
 from stzsar.data.errors import ShortVideoError, VideoDecodeError
