@@ -207,6 +207,23 @@ def test_a_short_video_is_used_and_reported_by_the_loader(corpus):
     assert check_video(split, 0).status == "short" and check_video(split, 0).usable
 
 
+def test_predict_and_explain_load_a_short_video(corpus):
+    """stzsar predict/explain read one video through load_video: a short one gives a whole clip,
+    its frames those of plain PyAV at the middles of T segments of the frames that exist."""
+    from stzsar.data.dataset import video_from_frames
+    from stzsar.eval.loading import load_video
+
+    path = corpus["cut_end.avi"]
+    reference = tolerant_reference(path)
+    spec = ClipSpec(num_frames=40, size=32, short_side=32)  # 40 frames: the clip needs the last ones
+    clip, total = load_video(path, spec)
+    assert total == len(reference) and clip.shape == (1, 40, 3, 32, 32)
+    indices = middle_indices(len(reference), 40)
+    frames = np.stack([reference[i] for i in indices])
+    want = video_from_frames(torch.from_numpy(frames), 0, spec, training=False).view(clip.shape)
+    assert torch.equal(clip, want)
+
+
 @pytest.mark.parametrize("name", BROKEN)
 def test_broken_files_are_refused_with_the_reason(corpus, name):
     with pytest.raises(VideoDecodeError) as caught:

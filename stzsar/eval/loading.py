@@ -123,8 +123,8 @@ def load_video(path: PathLike, spec) -> Tuple[torch.Tensor, int]:
     from stzsar.data.decode_pyav import PyAVVideo
 
     with PyAVVideo(path) as video:
-        indices = sample_indices(video.num_frames, spec, training=False)
-        frames, rotation = video.read(indices)
+        # read_clip samples again over the frames that exist when a few trailing ones are missing.
+        _, frames, rotation = video.read_clip(lambda count: sample_indices(count, spec, training=False))
         total = video.num_frames
     clip = video_from_frames(torch.from_numpy(frames), rotation, spec, training=False)
     shape = clip.shape
