@@ -43,7 +43,7 @@ printed and recorded in the report. The report (``report.json``, ``report.md``,
 confusion matrices, per-video predictions) goes to ``--out``.
 
 ``--compile auto|true|false`` takes the switch of ``train.compile``: ``auto`` (the default)
-``torch.compile``\ s the video encoder and the STI head on CUDA devices and runs eagerly on the
+compiles (``torch.compile``) the video encoder and the STI head on CUDA devices and runs eagerly on the
 CPU (docs/benchmarks.md, "Compiled train step", says when compiling pays off). Few-shot
 fine-tuning follows ``train.compile`` of its configuration (``--set train.compile=false``).
 """
