@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# One-shot GPU check of the fused STI kernels (issues 3 and 9), made to finish inside 8 minutes.
+# One-shot GPU check of the fused STI kernels , made to finish inside 8 minutes.
 #
 #   bash benchmarks/gpu_check.sh                  # on the GPU machine (no network needed)
 #   GPU_CHECK_DRY=1 bash benchmarks/gpu_check.sh  # the same steps on the CPU with tiny shapes
@@ -12,7 +12,7 @@
 #   4. the kernel tests on CUDA tensors (Triton autotuning off: one compile per shape);
 #   5. python -m benchmarks.kernels --shape k400 (bf16), and --op sti when benchmarks/sti_step.py
 #      exists;
-#   6. issue 15: the autocast tests on CUDA tensors (tests/test_autocast.py), the large-shape
+#   6. the autocast tests on CUDA tensors (tests/test_autocast.py), the large-shape
 #      tests (the kernels at the accepted limits T=64, Nw=256 and T=128 against the torch backend,
 #      `auto` past them), the eager vs compiled train step (python -m benchmarks.throughput
 #      --compile-only, stzsar-small, bf16), last the sm_80/sm_90 compiles of the largest tiles
@@ -185,7 +185,7 @@ else
   echo "=== bench-sti: benchmarks/sti_step.py does not exist, skipped"
 fi
 
-# ---- 6. issue 15: autocast, devices, large shapes, the compiled train step ---------------------
+# ---- 6. autocast, devices, large shapes, the compiled train step ---------------------
 step autocast 75 env STZSAR_TRITON_AUTOTUNE=0 "$PY" -m pytest tests/test_autocast.py -x -q -p no:cacheprovider -rs
 # The kernels at the largest accepted shapes (fp32, D=1024) against the torch backend, and past
 # them, where `auto` must pick a backend that runs. Dry runs: the same on the CPU kernels, smaller.

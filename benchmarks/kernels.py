@@ -2,7 +2,7 @@
 
     python -m benchmarks.kernels                          # CPU default shape, fp32
     python -m benchmarks.kernels --shape k400             # on a GPU: bf16, the K400 eval shape
-    python -m benchmarks.kernels --op sti --shape k400    # the temporal/STI step (issue 9)
+    python -m benchmarks.kernels --op sti --shape k400    # the whole STI step
 
 ``--op maxsim`` (default) times ``stzsar.ops.spatial_maxsim`` for every backend available on the
 device (``stzsar.ops.available_backends``) and the *naive* formulation: one big matmul of all
@@ -47,7 +47,7 @@ import torch
 from benchmarks.common import RESULTS_DIR, describe_machine, fmt, format_table, proc_status_kb, provenance
 
 SHAPES: Dict[str, Dict[str, int]] = {
-    # The CPU default of issue 3 (a UCF-101-sized class bank).
+    # The CPU default (a UCF-101-sized class bank).
     "default": dict(B=4, C=101, T=8, Np=196, Nw=32, D=512),
     # One Kinetics-400 evaluation batch (ViT-B/16 at 224 px).
     "k400": dict(B=32, C=400, T=16, Np=196, Nw=32, D=512),
@@ -59,7 +59,7 @@ DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch
 NAIVE = "naive"
 FUSED = ("cpu", "cuda", "triton")
 
-# Issue 3 targets.
+# The spatial op's targets.
 CPU_TARGETS = {"fwd_vs_naive": 1.0, "fwd_vs_matmul_time": 1.25, "fwdbwd_vs_naive": 2.5, "mem_vs_naive": 1 / 20}
 GPU_TARGETS = {"fwd_frac_matmul": 0.5, "fwdbwd_vs_naive": 2.5}
 
@@ -308,7 +308,7 @@ def _best(rows, mode, key, highest=True):
 
 
 def check_targets(rows: List[Dict[str, Any]], device: torch.device, matmul_gflops: float) -> List[Dict[str, Any]]:
-    """Issue 3's targets, each with the measured ratio and the backend that achieved it."""
+    """The spatial op's targets, each with the measured ratio and the backend that achieved it."""
     out: List[Dict[str, Any]] = []
 
     def add(name, required, measured, backend, higher_is_better=True, note=""):
@@ -350,7 +350,7 @@ def check_targets(rows: List[Dict[str, Any]], device: torch.device, matmul_gflop
 
 
 def print_targets(targets: List[Dict[str, Any]]) -> None:
-    print("\nTargets (issue 3):")
+    print("\nTargets (spatial op):")
     for t in targets:
         measured = "-" if t["measured"] is None else f"{t['measured']:.3f}"
         extra = f"  [{t['note']}]" if t.get("note") else ""
@@ -474,7 +474,7 @@ def run_maxsim(args, device: torch.device, dtype: torch.dtype, dims: Dict[str, i
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m benchmarks.kernels", description=__doc__.split("\n\n")[0])
     parser.add_argument("--op", choices=("maxsim", "sti"), default="maxsim")
-    parser.add_argument("--shape", choices=sorted(SHAPES), default="default", help="preset shape (default: the CPU shape of issue 3)")
+    parser.add_argument("--shape", choices=sorted(SHAPES), default="default", help="preset shape (default: the CPU shape, a UCF-101-sized class bank)")
     for key, flag in DIM_FLAGS.items():
         parser.add_argument(f"--{flag}", type=int, default=None, help=f"override {key} of the preset")
     parser.add_argument("--dtype", choices=sorted(DTYPES), default=None, help="input dtype (default: float32 on CPU, bfloat16 on GPU)")
@@ -510,13 +510,13 @@ def resolve(args) -> tuple:
 
 
 def run_sti(args, device: torch.device, dtype: torch.dtype, dims: Dict[str, int]) -> Optional[Dict[str, Any]]:
-    """The STI step benchmark of issue 9, from ``benchmarks/sti_step.py`` when it exists."""
+    """The whole STI step benchmark, from ``benchmarks/sti_step.py`` when it exists."""
     try:
         module = importlib.import_module("benchmarks.sti_step")
     except ModuleNotFoundError as error:
         if error.name != "benchmarks.sti_step":
             raise
-        print("--op sti is not available: benchmarks/sti_step.py does not exist yet (issue 9)")
+        print("--op sti is not available: benchmarks/sti_step.py does not exist")
         return None
     # What run(args) can read besides the parsed flags.
     args.device_obj, args.dtype_obj, args.dims = device, dtype, dims
@@ -532,7 +532,7 @@ def run_sti(args, device: torch.device, dtype: torch.dtype, dims: Dict[str, int]
     targets = list(module.targets(rows, args)) if hasattr(module, "targets") else []
     print_table(rows, device, f"STI step (benchmarks/sti_step.py) on {device.type}", [f"machine: {describe_machine()}"])
     if targets:
-        print("\nTargets (issue 9):")
+        print("\nTargets (whole STI step):")
         for t in targets:
             print(f"  {t.get('status', '?'):<4}  {t.get('target')}: required {t.get('required')} measured {t.get('measured')}")
     return {"rows": rows, "matmul": matmul, "targets": targets}

@@ -1,4 +1,4 @@
-"""The whole STI step of issue 9, fused versus the PyTorch formulation (``--op sti``).
+"""The whole STI step, fused versus the PyTorch formulation (``--op sti``).
 
     python -m benchmarks.kernels --op sti                    # CPU default shape, fp32
     python -m benchmarks.kernels --op sti --shape k400       # on a GPU: bf16, the K400 eval shape
@@ -24,7 +24,7 @@ the call; on the CPU the resident-set growth of one call in a fresh subprocess (
 ``MALLOC_MMAP_THRESHOLD_=65536`` so that every large block is fresh pages. ``work MB`` is that peak less the outputs every formulation returns
 (the cosines and, with the backward, the gradients of the inputs and parameters).
 
-Issue 9's targets: the fused step at least 2x faster than the naive one forward+backward, and at
+Targets: the fused step at least 2x faster than the naive one forward+backward, and at
 most a tenth of its peak extra memory.
 """
 
@@ -349,7 +349,7 @@ def run(args) -> List[Dict[str, Any]]:
 
 
 def targets(rows: List[Dict[str, Any]], args=None) -> List[Dict[str, Any]]:
-    """Issue 9's targets for each op: the best fused backend against the naive formulation."""
+    """The targets for each op: the best fused backend against the naive formulation."""
     out = []
     for op in OPS:
         naive = {r["mode"]: r for r in rows if r["op"] == op and r["backend"] == NAIVE and r.get("time_s")}
@@ -374,7 +374,7 @@ def _target(name: str, required: float, measured: float, backend: str, higher_is
     ok = measured >= required if higher_is_better else measured <= required
     row = {"target": name, "required": required, "measured": round(measured, 4), "backend": backend, "status": "PASS" if ok else "MISS"}
     if name.startswith("sti-tail"):
-        # Issue 9 sets its targets on the whole step; the tail's ratios are shown for reference.
+        # The targets apply to the whole step; the tail's ratios are shown for reference.
         row["status"], row["note"] = ("info: " + row["status"].lower()), "the tail alone is not an issue target"
     return row
 

@@ -35,7 +35,7 @@ def load_attributes_file(path: Optional[PathLike]) -> Optional[Dict[str, List[st
     if not path.is_file():
         raise FileNotFoundError(f"attribute file not found: {path}")
     try:
-        from stzsar.attributes import load_attributes  # issue 4's reader, when present
+        from stzsar.attributes import load_attributes
     except ImportError:
         load_attributes = None
     if load_attributes is not None:
