@@ -147,6 +147,17 @@ def test_demo_reduced_run_writes_its_report(tmp_path):
     assert full["seen_videos_scored"] == 18 and full["unseen_videos_scored"] == 12
     assert full["diagnostics"]["videos"] == 12 and len(full["epoch_losses"]) == 1
     assert 1 / 8 - 1e-9 <= full["diagnostics"]["s_temp"]["max"] <= 1 + 1e-9
+    # The window share, independently: 16-frame videos, the test clip takes the middle frame of each
+    # of 8 two-frame segments (1, 3, ..., 15); mean pooling's uniform weights put exactly that share
+    # on the window.
+    windows = json.loads((out / "data" / "windows.json").read_text())
+    unseen_videos = [line.split()[0] for line in (out / "data" / "unseen_test.txt").read_text().split("\n") if line]
+    share = np.mean([np.mean([windows[v][0] <= t < sum(windows[v]) for t in range(1, 16, 2)]) for v in unseen_videos])
+    pooled = report["variants"]["no_interaction"]["diagnostics"]["s_temp"]
+    assert pooled["window_share"] == pytest.approx(share)
+    assert pooled["window_weight"] == pytest.approx(share) and pooled["max"] == pytest.approx(1 / 8)
+    assert set(full["example"]) >= {"winning_words", "class_and_attribute_weight", "window_winners_on_actor"}
+    assert all(w["role"] in ("class", "attribute") for w in full["example"]["winning_words"])
     for key in ("checkpoint", "unseen_classes", "attributes", "example_video", "config"):
         assert Path(report[key]).is_file(), key
     assert all(Path(p).is_file() for p in report["plots"].values())
