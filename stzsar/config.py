@@ -35,7 +35,7 @@ from typing import Any, Dict, Iterable, List, Mapping, Optional, Sequence, Tuple
 
 import yaml
 
-from stzsar.model import ModelConfig
+from stzsar.model import ModelConfig, upgrade_model_keys
 from stzsar.text.prompts import DEFAULT_TEMPLATE
 
 PathLike = Union[str, Path]
@@ -378,6 +378,8 @@ def config_from_dict(values: Mapping[str, Any], base: Optional[Config] = None, s
             raise ConfigError(f"{source}: unknown section {name!r}; sections: {', '.join(sections)}")
         if section_values is None:
             continue
+        if name == "model" and isinstance(section_values, Mapping):
+            section_values = upgrade_model_keys(section_values)  # checkpoints of earlier releases
         _update_section(getattr(config, name), section_values, name, source)
     return config
 

@@ -15,7 +15,7 @@ import math
 import os
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Dict, List, Optional, Sequence, Union
+from typing import Any, Dict, List, Mapping, Optional, Sequence, Union
 
 import torch
 from torch import Tensor, nn
@@ -48,6 +48,21 @@ class ModelConfig:
     image_size: Optional[int] = None
     spatial_interaction: bool = True
     temporal_interaction: bool = True
+
+
+def upgrade_model_keys(values: Mapping[str, Any]) -> Dict[str, Any]:
+    """Model settings as this release names them, from a checkpoint or file of an earlier one.
+
+    ``template_words`` (true: every token of the prompt counts as a word; false: the template's
+    words are masked) became ``word_tokens`` (``sentence`` / ``class_and_attributes``, which also
+    masks the punctuation between attributes)."""
+    values = dict(values)
+    if "template_words" in values:
+        keep_template = bool(values.pop("template_words"))
+        values.setdefault("word_tokens", "sentence" if keep_template else "class_and_attributes")
+        logging.getLogger("stzsar").info(
+            "model setting template_words=%s read as word_tokens=%s", keep_template, values["word_tokens"])
+    return values
 
 
 @functools.lru_cache(maxsize=None)

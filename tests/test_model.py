@@ -72,3 +72,26 @@ def test_no_random_init_warning_where_weights_come_later(caplog):
     with caplog.at_level(logging.WARNING):
         build_model("stzsar-tiny", pretrained=None)
     assert not [r.getMessage() for r in caplog.records if "pretrained" in r.getMessage()]
+
+
+@pytest.mark.parametrize("keep_template, expected", [(True, "sentence"), (False, "class_and_attributes")])
+def test_checkpoints_of_the_template_words_release_still_load(tmp_path, keep_template, expected):
+    """Checkpoints written before `word_tokens` store `template_words`; they load with its meaning."""
+    import torch
+
+    from stzsar.config import config_from_dict, config_to_dict, load_config
+    from stzsar.model import build_model
+    from stzsar.train.checkpoint import load_model_from_checkpoint, save_checkpoint
+
+    model = build_model("stzsar-tiny", pretrained=None)
+    config = config_to_dict(load_config(None, ["model.name=stzsar-tiny", "model.pretrained=null"]))
+    path = save_checkpoint(tmp_path / "old.pt", model, config=config, full=True)
+    payload = torch.load(path, weights_only=True)
+    for model_section in (payload["model_config"], payload["config"]["model"]):
+        del model_section["word_tokens"]
+        model_section["template_words"] = keep_template
+    torch.save(payload, path)
+
+    loaded, meta = load_model_from_checkpoint(path)
+    assert loaded.config.word_tokens == expected
+    assert config_from_dict(payload["config"]).model.word_tokens == expected

@@ -281,11 +281,11 @@ def load_model_from_checkpoint(
         metadata (``step``, ``epoch``, ``config``, ``extra``, ``model_config``, ``weights``,
         ``versions``; no tensors of weights or optimizer state).
     """
-    from stzsar.model import ModelConfig, build_model_from_config
+    from stzsar.model import ModelConfig, build_model_from_config, upgrade_model_keys
 
     payload = read_checkpoint(path)
     known = {f.name for f in dataclasses.fields(ModelConfig)}
-    stored = payload["model_config"]
+    stored = upgrade_model_keys(payload["model_config"])
     unknown = sorted(set(stored) - known)
     if unknown:
         raise CheckpointError(f"{path}: model_config has keys this stzsar does not know: {unknown}")
