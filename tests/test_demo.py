@@ -193,3 +193,23 @@ def test_seeds_summary_is_mean_and_sample_std_of_the_runs(tmp_path):
     assert entry["mean"] == pytest.approx(statistics.mean(values))
     assert entry["std"] == pytest.approx(statistics.stdev(values))
     assert json.loads((tmp_path / "seeds" / "summary.json").read_text())["seeds"] == [0, 1]
+
+
+def test_full_sweep_reuses_a_model_whose_prompts_it_already_trained(tmp_path):
+    """Na = 16 gives the same prompts as Na = 8 when no class has more than 8 attributes: the sweep
+    reports the Na = 8 model for it instead of training the same model again."""
+    from stzsar.demo.runner import DemoSettings, demo_config, run_demo
+
+    config = demo_config(["train.epochs=1", "train.batch_size=6", "train.tensorboard=false"])
+    settings = DemoSettings(seed=0, train_per_class=1, test_per_class=1, unseen_per_class=1, ablations="full",
+                            progress=False)
+    report = run_demo(tmp_path / "demo", settings, config)
+    attributes = json.loads(Path(report["attributes"]).read_text())["attributes"]
+    assert max(len(words) for words in attributes.values()) <= 8  # the premise
+    variants = report["variants"]
+    assert variants["na_16"]["same_as"] == "full" and variants["na_16"]["num_attributes"] == 16
+    assert variants["na_16"]["unseen_accuracy"] == variants["full"]["unseen_accuracy"]
+    assert "same_as" not in variants["na_4"] and "same_as" not in variants["na_2"]
+    trained = {p.name for p in (tmp_path / "demo" / "ablations").iterdir()}
+    assert "na_16" not in trained and {"na_2", "na_4"} <= trained
+    assert "not trained again" in (tmp_path / "demo" / "report.md").read_text()
