@@ -9,7 +9,8 @@ import torch
 
 from stzsar.cli.main import main
 from stzsar.data.synthetic import write_video
-from stzsar.eval.explain import explain_video, prompt_words, render_explanation
+from stzsar.eval.explain import (ROLE_COLOURS, Explanation, explain_video, explanation_figure, prompt_words,
+                                 render_explanation, word_colour)
 from stzsar.eval.loading import clip_spec, load_video
 from stzsar.model import build_model
 from stzsar.train.checkpoint import load_model_from_checkpoint, save_checkpoint
@@ -190,3 +191,57 @@ def test_explain_command_writes_the_picture(assets, tmp_path, capsys):
     assert main(["explain", str(assets["empty"]), *common(assets), "--out", str(tmp_path / "x.png")]) == 1
     assert main(["explain", str(assets["video"]), *common(assets), "--out", str(tmp_path / "y.png"),
                  "--class", "no such class"]) == 2
+
+
+def hand_explanation(winner_word, words, prompt="", size=32, grid=4):
+    """An :class:`Explanation` with given winning word positions (numbers need no model)."""
+    T = len(winner_word)
+    rng = np.random.default_rng(0)
+    s_temp = rng.random(T)
+    return Explanation(video="clip.mp4", class_names=["grow blue", "other"], probs=np.array([0.7, 0.3]), target=0,
+                       prompt=prompt, frames=rng.integers(0, 255, (T, size, size, 3), dtype=np.uint8),
+                       patch_scores=rng.random((T, grid, grid)), s_sp=rng.random(T), s_temp=s_temp / s_temp.sum(),
+                       winner_patch=rng.integers(0, grid * grid, T), winner_word=np.asarray(winner_word), words=words,
+                       frame_indices=list(range(0, 3 * T, 3)))
+
+
+def test_a_word_that_is_class_and_attribute_keeps_the_role_of_its_position():
+    model = build_model("stzsar-tiny", backend="torch")
+    prompt = "This is a video about grow blue, blue, sky."
+    words = prompt_words(model.text.tokenizer, prompt, "grow blue", "This is a video about {}.", range(14))
+    # By hand: position 6 is the class name's "blue", position 8 the attribute "blue".
+    assert (words[6].word, words[6].role) == ("blue", "class")
+    assert (words[8].word, words[8].role) == ("blue", "attribute")
+    by_position = {0: "class", 1: "attribute", 2: "attribute", 3: "attribute"}
+    e = hand_explanation([6, 8, 8, 10], words, prompt)
+    data = json.loads(json.dumps(e.as_dict()))
+    json_role = {t: row["role"] for row in data["winning_words"] for t in row["frames"]}
+    for t, role in by_position.items():
+        assert json_role[t] == role and data["frame_roles"][t] == role
+        assert word_colour(e, t) == ROLE_COLOURS[role]  # the colour the picture gives the frame's word
+    blue = sorted((row["role"], row["frames"]) for row in data["winning_words"] if row["word"] == "blue")
+    assert blue == [("attribute", [1, 2]), ("class", [0])]
+    assert sum(row["weight"] for row in data["winning_words"]) == pytest.approx(float(e.s_temp.sum()))
+
+
+def test_sixteen_frames_wrap_into_rows_with_readable_type(tmp_path):
+    import matplotlib.image
+    import matplotlib.pyplot as plt
+    from matplotlib.text import Text
+
+    model = build_model("stzsar-tiny", backend="torch")
+    prompt = "This is a video about grow blue, blue, sky."
+    words = prompt_words(model.text.tokenizer, prompt, "grow blue", "This is a video about {}.", range(14))
+    e = hand_explanation([5, 6, 8, 10] * 4, words, prompt, size=224, grid=14)  # ViT-B/16's input and patches
+    fig = explanation_figure(e)
+    try:
+        texts = [t for t in fig.findobj(Text) if t.get_visible() and t.get_text().strip()]
+        assert texts and min(t.get_fontsize() for t in texts) >= 9
+        pictures = [ax.get_position() for ax in fig.axes if ax.get_images() and ax.get_label() != "<colorbar>"]
+        assert len(pictures) == 32  # frame and heat map of each of the 16 frames
+        # two rows of 8 frames, each row a frame row and a heat-map row
+        assert len({round(b.y0, 3) for b in pictures}) == 4 and len({round(b.x0, 3) for b in pictures}) == 8
+    finally:
+        plt.close(fig)
+    height, width = matplotlib.image.imread(render_explanation(e, tmp_path / "sixteen.png")).shape[:2]
+    assert 800 < width <= 1600 and height < 1600

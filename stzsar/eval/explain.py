@@ -65,16 +65,24 @@ class Explanation:
         order = np.argsort(-self.probs, kind="stable")[:k]
         return [(self.class_names[i], float(self.probs[i])) for i in order]
 
+    def frame_word(self, t: int) -> PromptWord:
+        """The word that won frame ``t``, with the role of its position in the prompt (a word can
+        be both a class word and an attribute: its text alone does not say which one won)."""
+        position = int(self.winner_word[t])
+        return self.words.get(position) or PromptWord(position, f"#{position}", f"#{position}", "word", f"#{position}")
+
     def winning_words(self) -> List[Dict[str, object]]:
-        """Each word that won at least one frame: frames won and their summed ``S_temp`` weight."""
-        frames: Dict[str, List[int]] = {}
-        for t, position in enumerate(self.winner_word.tolist()):
-            frames.setdefault(self.words[position].word if position in self.words else f"#{position}", []).append(t)
-        rows = []
-        for word, ts in frames.items():
-            info = next((w for w in self.words.values() if w.word == word), None)
-            rows.append({"word": word, "role": info.role if info else "word", "phrase": info.phrase if info else word,
-                         "frames": ts, "weight": float(self.s_temp[ts].sum())})
+        """Each word that won at least one frame: frames won and their summed ``S_temp`` weight.
+
+        Rows are (word, role, phrase) of the winning positions: the BPE pieces of one word merge,
+        while the same text as a class word and as an attribute stays two rows, each with its role.
+        """
+        frames: Dict[Tuple[str, str, str], List[int]] = {}
+        for t in range(len(self.winner_word)):
+            info = self.frame_word(t)
+            frames.setdefault((info.word, info.role, info.phrase), []).append(t)
+        rows = [{"word": word, "role": role, "phrase": phrase, "frames": ts, "weight": float(self.s_temp[ts].sum())}
+                for (word, role, phrase), ts in frames.items()]
         return sorted(rows, key=lambda r: -r["weight"])
 
     def as_dict(self) -> dict:
@@ -87,6 +95,7 @@ class Explanation:
             "s_temp": self.s_temp.tolist(),
             "winning_words": self.winning_words(),
             "frame_words": [self.words[l].word if l in self.words else None for l in self.winner_word.tolist()],
+            "frame_roles": [self.frame_word(t).role for t in range(len(self.winner_word))],
             "frame_patches": self.winner_patch.tolist(),
             "frame_indices": self.frame_indices,
         }
@@ -273,12 +282,37 @@ def explain_video(
 # ------------------------------------------------------------------------------------------------
 # Drawing
 
-_ROLE_COLOURS = {"attribute": "#1b7837", "class": "#2166ac", "template": "#777777", "punctuation": "#777777",
-                 "word": "#000000"}
+ROLE_COLOURS = {"attribute": "#1b7837", "class": "#2166ac", "template": "#777777", "punctuation": "#777777",
+                "word": "#000000"}
+
+#: Frames per row of the picture: 16 frames in one row made a picture 2,500 px wide whose type
+#: shrank to nothing once it was scaled to fit a screen; two rows of 8 stay about 1,400 px wide.
+FRAMES_PER_ROW = 8
+#: Smallest type in the picture, in points (at :data:`DPI`, 9 pt is 14 px).
+MIN_FONT = 9
+DPI = 110
+#: Inches per frame column.
+_COLUMN = 1.6
 
 
-def render_explanation(explanation: Explanation, path: PathLike, max_frames: int = 16) -> Path:
-    """Draw ``explanation`` as a PNG: frames, heat maps with the winning words, ``S_temp`` bars."""
+def word_colour(explanation: Explanation, t: int) -> str:
+    """The colour of frame ``t``'s winning word: that of the role of its position in the prompt,
+    the role :meth:`Explanation.winning_words` (and the JSON) gives the same frame."""
+    return ROLE_COLOURS.get(explanation.frame_word(t).role, ROLE_COLOURS["word"])
+
+
+def frame_grid(num_frames: int, per_row: int = FRAMES_PER_ROW) -> Tuple[int, int]:
+    """``(rows, columns)`` of the frames: at most ``per_row`` a row, rows as even as they come."""
+    if num_frames < 1:
+        raise ValueError(f"no frames to draw ({num_frames})")
+    rows = -(-num_frames // per_row)
+    return rows, -(-num_frames // rows)
+
+
+def explanation_figure(explanation: Explanation, max_frames: int = 16):
+    """The matplotlib figure of ``explanation`` (see :func:`render_explanation`)."""
+    import textwrap
+
     import matplotlib
 
     matplotlib.use("Agg", force=False)
@@ -289,67 +323,81 @@ def render_explanation(explanation: Explanation, path: PathLike, max_frames: int
     T = len(e.s_temp)
     shown = list(range(T)) if T <= max_frames else np.linspace(0, T - 1, max_frames).round().astype(int).tolist()
     n = len(shown)
-    width = max(9.0, 1.7 * n)
-    fig = plt.figure(figsize=(width, 7.4), dpi=110)
-    grid = fig.add_gridspec(4, n, height_ratios=[1.0, 1.0, 0.75, 0.7], hspace=0.35, wspace=0.06)
+    rows, cols = frame_grid(n)
+    width = max(9.0, _COLUMN * cols)
+    # Each row of frames is two rows of pictures (the frame, its heat map); then S_temp and the text.
+    ratios = [1.0, 1.0] * rows + [0.8, 1.0]
+    fig = plt.figure(figsize=(width, _COLUMN * 2 * rows + 3.4), dpi=DPI)
+    grid = fig.add_gridspec(len(ratios), cols, height_ratios=ratios, hspace=0.45, wspace=0.06)
+    small, body = MIN_FONT, MIN_FONT + 2
 
     vmin, vmax = float(np.min(e.patch_scores)), float(np.max(e.patch_scores))
     H, W = e.frames.shape[1:3]
     gh, gw = e.patch_scores.shape[1:]
     heat_image = None
-    for column, t in enumerate(shown):
-        ax = fig.add_subplot(grid[0, column])
+    for slot, t in enumerate(shown):
+        row, column = 2 * (slot // cols), slot % cols
+        ax = fig.add_subplot(grid[row, column])
         ax.imshow(e.frames[t])
         label = f"frame {e.frame_indices[t]}" if e.frame_indices else f"t={t}"
-        ax.set_title(label, fontsize=8)
+        ax.set_title(label, fontsize=small)
         ax.axis("off")
 
-        ax = fig.add_subplot(grid[1, column])
+        ax = fig.add_subplot(grid[row + 1, column])
         ax.imshow(e.frames[t], alpha=0.55)
         heat_image = ax.imshow(e.patch_scores[t], cmap="inferno", alpha=0.6, vmin=vmin, vmax=vmax,
                                extent=(0, W, H, 0), interpolation="nearest")
         k = int(e.winner_patch[t])
-        row, col = divmod(k, gw)
-        ax.add_patch(Rectangle((col * W / gw, row * H / gh), W / gw, H / gh, fill=False, edgecolor="cyan", lw=1.8))
-        info = e.words.get(int(e.winner_word[t]))
-        ax.set_title(info.word if info else "?", fontsize=9, color=_ROLE_COLOURS[info.role if info else "word"],
-                     fontweight="bold")
+        prow, pcol = divmod(k, gw)
+        ax.add_patch(Rectangle((pcol * W / gw, prow * H / gh), W / gw, H / gh, fill=False, edgecolor="cyan", lw=1.8))
+        ax.set_title(e.frame_word(t).word, fontsize=body, color=word_colour(e, t), fontweight="bold")
         ax.set_xlim(0, W)
         ax.set_ylim(H, 0)
         ax.axis("off")
 
     # S_temp under the frames, one bar per shown frame.
-    ax = fig.add_subplot(grid[2, :])
+    ax = fig.add_subplot(grid[2 * rows, :])
     weights = e.s_temp[shown]
     bars = ax.bar(range(n), weights, color="#4393c3", width=0.8)
     best = int(np.argmax(weights))
     bars[best].set_color("#d6604d")
     ax.set_xlim(-0.5, n - 0.5)
     ax.set_xticks(range(n))
-    ax.set_xticklabels([str(e.frame_indices[t]) if e.frame_indices else str(t) for t in shown], fontsize=7)
-    ax.set_ylabel("S_temp", fontsize=9)
+    ax.set_xticklabels([str(e.frame_indices[t]) if e.frame_indices else str(t) for t in shown], fontsize=small)
+    ax.set_ylabel("S_temp", fontsize=body)
     ax.set_ylim(0, max(float(weights.max()) * 1.15, 1e-6))
-    ax.tick_params(axis="y", labelsize=7)
-    ax.set_title("temporal saliency S_temp (weight of each frame in the class's video feature)", fontsize=9)
+    ax.tick_params(axis="y", labelsize=small)
+    ax.set_title("temporal saliency S_temp (weight of each frame in the class's video feature)", fontsize=body)
 
-    # Text: top classes and the winning words.
-    ax = fig.add_subplot(grid[3, :])
+    # Text: top classes and the winning words, wrapped to the figure's width.
+    ax = fig.add_subplot(grid[2 * rows + 1, :])
     ax.axis("off")
+    chars = int(width * 72 / (body * 0.6))  # characters a line holds at this size (about 0.6 em each)
     top = "   ".join(f"{i + 1}. {name} {100 * p:.1f}%" for i, (name, p) in enumerate(e.top(5)))
-    ax.text(0.0, 0.95, f"top classes: {top}", fontsize=9, va="top", transform=ax.transAxes)
     won = e.winning_words()[:8]
     summary = ",  ".join(f"{w['word']} ({w['role']}{', ' + w['phrase'] if w['phrase'] not in ('', w['word']) else ''}: "
                          f"{len(w['frames'])} frame{'s' if len(w['frames']) > 1 else ''})" for w in won)
-    ax.text(0.0, 0.55, f"winning words: {summary}", fontsize=9, va="top", transform=ax.transAxes, wrap=True)
-    ax.text(0.0, 0.15, f"prompt: {e.prompt}", fontsize=8, va="top", transform=ax.transAxes, color="#444444",
-            wrap=True)
+    text = "\n".join(textwrap.fill(line, chars) for line in
+                     (f"top classes: {top}", f"winning words: {summary}", f"prompt: {e.prompt}"))
+    ax.text(0.0, 1.0, text, fontsize=body, va="top", transform=ax.transAxes, linespacing=1.5)
 
     name = e.class_names[e.target]
-    fig.suptitle(f"{Path(e.video).name}: {name} ({100 * e.probs[e.target]:.1f}%). Row 2: patch match to the best "
-                 f"word of the prompt (box: winning patch; title: winning word)", fontsize=10)
+    title = (f"{Path(e.video).name}: {name} ({100 * e.probs[e.target]:.1f}%). Under each frame: patch match to "
+             "the best word of the prompt (box: winning patch; title: winning word, green attribute, blue class "
+             "name, grey template)")
+    fig.suptitle(textwrap.fill(title, int(width * 72 / ((body + 1) * 0.6))), fontsize=body + 1)
     if heat_image is not None:
-        cax = fig.add_axes([0.92, 0.50, 0.008, 0.17])
-        fig.colorbar(heat_image, cax=cax).ax.tick_params(labelsize=6)
+        cax = fig.add_axes([0.92, 0.55, 0.01, 0.25])
+        fig.colorbar(heat_image, cax=cax).ax.tick_params(labelsize=small)
+    return fig
+
+
+def render_explanation(explanation: Explanation, path: PathLike, max_frames: int = 16) -> Path:
+    """Draw ``explanation`` as a PNG: frames (at most :data:`FRAMES_PER_ROW` a row), heat maps with
+    the winning words, ``S_temp`` bars, the top classes and winning words."""
+    import matplotlib.pyplot as plt
+
+    fig = explanation_figure(explanation, max_frames)
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, bbox_inches="tight")
