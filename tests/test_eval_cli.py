@@ -82,9 +82,29 @@ def test_bad_arguments_are_explained(setup, capsys):
     base = ["eval", "--checkpoint", str(setup / "tiny.pt"), "--root", str(setup / "videos")]
     assert main(base) == 2
     assert "--list" in capsys.readouterr().err
-    assert main(base + ["--list", str(setup / "list_1.txt"), "--labels", str(setup / "labels.csv")]) == 2
+    # Three splits asked for by name over one list without '{split}': they would all read the same file.
+    assert main(base + ["--list", str(setup / "list_1.txt"), "--labels", str(setup / "labels.csv"),
+                        "--splits", "1,2,3"]) == 2
     assert "no '{split}' placeholder" in capsys.readouterr().err
     assert main(base + ["--protocol", "supervised", "--list", str(setup / "list_1.txt"), "--splits", "1,2"]) == 2
+
+
+def test_one_custom_list_is_evaluated_as_one_split(setup, tmp_path, capsys):
+    out = tmp_path / "one"
+    args = ["eval", "--protocol", "zero-shot", "--checkpoint", str(setup / "tiny.pt"), "--list",
+            str(setup / "list_1.txt"), "--labels", str(setup / "labels.csv"), "--root", str(setup / "videos"),
+            "--num-frames", "2", "--workers", "0", "--device", "cpu", "--no-progress", "--no-cache",
+            "--attributes", str(setup / "attributes.json"), "--out", str(out)]
+    assert main(args) == 0  # no --splits: the protocol's default is three, the list is one
+    report = json.loads((out / "report.json").read_text())
+    assert list(report["results"]) == ["split 1"]
+    top1, scored = expected(setup, "list_1.txt")
+    assert report["results"]["split 1"]["videos_scored"] == scored
+    assert report["results"]["split 1"]["top1"] == pytest.approx(top1)
+    assert any("evaluated as one split" in note for note in report["meta"]["notes"])
+    markdown = (out / "report.md").read_text()
+    assert "evaluated as one split" in markdown and "| **mean ± std** |" not in markdown
+    assert "evaluated as one split" in capsys.readouterr().out  # the printed report says it too
 
 
 def test_unusable_inputs_are_one_line_errors(setup, tmp_path, capsys):

@@ -239,13 +239,21 @@ def run_eval(args: argparse.Namespace) -> int:
               file=sys.stderr)
         return 2
     dataset_name = canonical_dataset(args.dataset) if args.dataset else guess_dataset(list_path, labels)
+    notes: List[str] = []
     if protocol == "zero-shot":
         splits = args.splits or ceval.splits
-        if len(splits) > 1 and "{split}" not in f"{list_path}{labels or ''}" and fmt not in ("ucf101", "hmdb51"):
+        one_list = "{split}" not in f"{list_path}{labels or ''}" and fmt not in ("ucf101", "hmdb51")
+        if len(splits) > 1 and one_list and args.splits:
             print(f"stzsar eval: {len(splits)} splits asked for but --list {list_path} has no '{{split}}' "
                   f"placeholder; every split would read the same file (give --splits 1 or a pattern)",
                   file=sys.stderr)
             return 2
+        if len(splits) > 1 and one_list:
+            # One list of the user's own: one split is what they mean, not the protocol's default three.
+            splits = splits[:1]
+            notes.append(f"one list without a '{{split}}' placeholder ({list_path}): evaluated as one split, "
+                         "so there is no mean ± std over splits")
+            logger.info("%s has no '{split}' placeholder: evaluating it as one split", list_path)
     else:
         splits = args.splits or [cdata.split]
         if len(splits) != 1:
@@ -288,6 +296,8 @@ def run_eval(args: argparse.Namespace) -> int:
             "world_size": context.world_size,
             "template": model.config.template,
         }
+        if notes:
+            run_meta["notes"] = notes
         # What the stored logits depend on besides the split (classes, attributes, videos) and the
         # precision (added by the engine): a resumed run must match it.
         identity = {"model": model.config.name, "checkpoint": f"sha256:{file_digest(args.checkpoint)}",

@@ -302,6 +302,7 @@ def _markdown(run, paper: Optional[Dict[str, Any]], meta: Dict[str, Any], files:
     lines += [f"- {k}: {v}" for k, v in facts if v is not None]
     for name, info in (meta.get("splits") or {}).items():
         lines.append(f"- {name}: {info.get('num_classes')} classes from {info.get('source') or 'the given list'}")
+    lines += [f"- {note}" for note in meta.get("notes") or ()]
     lines.append("")
 
     k_small, k_big = next(iter(run.results.values())).topk
