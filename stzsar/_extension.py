@@ -4,14 +4,24 @@ from __future__ import annotations
 
 import functools
 import warnings
+from typing import Optional
+
+
+@functools.lru_cache(maxsize=None)
+def _load():
+    """``(module, None)``, or ``(None, the import error as one line)``."""
+    try:
+        from stzsar import _C  # noqa: F401  (registers torch.ops.stzsar.*_fused ops)
+    except ImportError as error:
+        return None, f"{type(error).__name__}: {error}"
+    return _C, None
 
 
 @functools.lru_cache(maxsize=None)
 def load_extension():
     """Return the ``stzsar._C`` module, or ``None`` with a single warning when it cannot be loaded."""
-    try:
-        from stzsar import _C  # noqa: F401  (registers torch.ops.stzsar.*_fused ops)
-    except ImportError as error:
+    module, error = _load()
+    if module is None:
         warnings.warn(
             "stzsar: the compiled extension stzsar._C is not available "
             f"({error}); the fused CPU/CUDA kernels are disabled and the PyTorch code is used "
@@ -19,8 +29,13 @@ def load_extension():
             RuntimeWarning,
             stacklevel=2,
         )
-        return None
-    return _C
+    return module
+
+
+def extension_error() -> Optional[str]:
+    """Why ``stzsar._C`` did not load (one line), or ``None`` when it did."""
+    load_extension()  # the one warning, as before
+    return _load()[1]
 
 
 def has_cpu_kernels() -> bool:

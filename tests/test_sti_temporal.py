@@ -39,7 +39,7 @@ def _map_kernels_package() -> None:
     sys.modules["stzsar.kernels"] = module
     spec.loader.exec_module(module)
     stzsar.kernels = module
-    importlib.import_module("stzsar.ops.spatial_maxsim")._triton_available.cache_clear()
+    importlib.import_module("stzsar.ops.dispatch")._triton_import_error.cache_clear()
 
 
 _map_kernels_package()

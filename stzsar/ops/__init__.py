@@ -1,13 +1,9 @@
-"""Custom ops of the STI module, registered with ``torch.library`` in the namespace ``stzsar``."""
+"""Custom ops of the STI module, registered with ``torch.library`` in the namespace ``stzsar``;
+backend choice in :mod:`stzsar.ops.dispatch`."""
 
+from stzsar.ops.dispatch import available_backends, resolve_backend
 from stzsar.ops.projected_maxsim import projected_spatial_maxsim, projected_spatial_maxsim_with_index
-from stzsar.ops.spatial_maxsim import (
-    available_backends,
-    maxsim_flops,
-    resolve_backend,
-    spatial_maxsim,
-    spatial_maxsim_with_index,
-)
+from stzsar.ops.spatial_maxsim import maxsim_flops, spatial_maxsim, spatial_maxsim_with_index
 from stzsar.ops.temporal import (
     SIMILARITY_EPS,
     sti_similarity,

@@ -24,14 +24,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from stzsar.ops.spatial_maxsim import (
-    _check_inputs,
-    _forward_impl,
-    maxsim_flops,
-    no_autocast,
-    output_dtype,
-    resolve_backend,
-)
+from stzsar.ops.dispatch import check_maxsim_inputs, for_dtype, no_autocast, output_dtype, resolve_backend
+from stzsar.ops.spatial_maxsim import maxsim_flops, run_forward
 
 __all__ = ["projected_spatial_maxsim", "projected_spatial_maxsim_with_index", "default_chunk_frames"]
 
@@ -104,7 +98,7 @@ def _projected_op(
     with no_autocast(patches):  # the inputs already carry the dtype to project in (see the face)
         for start, stop in _frame_chunks(B * T, chunk_frames):
             _, _, projected = _project(frames[start:stop], weight, bias, normalize)
-            scores, winners = _forward_impl(backend, projected.unsqueeze(0), words, word_mask)
+            scores, winners = run_forward(backend, projected.unsqueeze(0), words, word_mask)
             del projected
             out[:, start:stop] = scores[0]
             index[:, start:stop] = winners[0]
@@ -280,7 +274,7 @@ def projected_spatial_maxsim_with_index(
     chunk_frames: Optional[int] = None,
 ) -> Tuple[Tensor, Tensor]:
     """Like :func:`projected_spatial_maxsim`, also returning the winning flat index ``k * Nw + l``."""
-    _check_inputs(patches, words, word_mask)
+    check_maxsim_inputs(patches, words, word_mask)
     D = patches.shape[-1]
     if weight.shape != (D, D) or (bias is not None and bias.shape != (D,)):
         raise ValueError(
@@ -302,9 +296,9 @@ def projected_spatial_maxsim_with_index(
         chunk_frames = default_chunk_frames(patches)
     if chunk_frames < 1:
         raise ValueError(f"chunk_frames must be positive, got {chunk_frames}")
-    resolved = resolve_backend(backend, patches.device, dtype=patches.dtype)
-    if resolved != "torch" and patches.dtype == torch.float64:
-        resolved = "torch"  # the kernels take fp32/fp16/bf16; float64 is for reference checks
+    resolved = for_dtype(
+        resolve_backend(backend, patches.device, "projected_spatial_maxsim", patches.dtype), patches.dtype
+    )
     # No .contiguous(): patch tokens sliced from the encoder's output ([:, 1:]) still merge B and T
     # into a view, and each chunk is copied as it is projected, never the whole tensor.
     return _projected_op(patches, weight, bias, words, word_mask, normalize, int(chunk_frames), resolved)

@@ -17,14 +17,14 @@ computed through the T x T frame Gram matrix, never forming ``f_st``::
 ``eps`` (1e-8) only matters for an all-zero weighted video; it keeps the result finite (0) there,
 exactly like the plain PyTorch formulation of :mod:`stzsar.sti.module`.
 
-Backends (``backend=``), as for :mod:`stzsar.ops.spatial_maxsim`:
+Backends (``backend=``), as described in :mod:`stzsar.ops.dispatch`:
 
 - ``"torch"``: the plain PyTorch formulation (forms ``[B, C, T, Nw]`` and ``f_st [B, C, D]``);
 - ``"cpu"``: the C++/OpenMP kernels of ``stzsar._C`` (csrc/cpu/sti_temporal_cpu.cpp);
 - ``"cuda"``: the CUDA kernels of ``stzsar._C`` (csrc/cuda/sti_temporal_*);
 - ``"triton"``: the Triton kernels of ``stzsar.kernels.sti_temporal`` (CUDA tensors, or CPU
   tensors under ``TRITON_INTERPRET=1``);
-- ``"auto"``: the preferred available one for the tensors' device that can run the shape (the GPU
+- ``"auto"``: the first available one of the dispatch order that can run the shape (the GPU
   kernels hold per-program tiles on chip, so large T or Nw rule them out; the choice is logged at
   DEBUG level on the ``stzsar.ops.temporal`` logger). An explicit backend that cannot run the
   shape raises a ``ValueError`` naming the limit and the backends that can.
@@ -44,7 +44,17 @@ from typing import List, Optional, Sequence, Tuple
 import torch
 from torch import Tensor
 
-from stzsar.ops.spatial_maxsim import available_backends, check_word_mask, no_autocast, output_dtype, resolve_backend
+from stzsar.ops.dispatch import (
+    auto_order,
+    available_backends,
+    check_float,
+    check_same_device,
+    check_word_mask,
+    check_word_mask_shape,
+    no_autocast,
+    output_dtype,
+    resolve_backend,
+)
 
 _log = logging.getLogger(__name__)
 
@@ -58,8 +68,6 @@ __all__ = [
 
 # Lower bound of |z_c| * |f_st[b, c]| in the cosine (same value as the plain formulation).
 SIMILARITY_EPS = 1e-8
-
-_FLOAT_DTYPES = (torch.float32, torch.float16, torch.bfloat16, torch.float64)
 
 
 # --------------------------------------------------------------------------------------------
@@ -231,10 +239,8 @@ def _resolve(
         return "torch"  # the kernels take fp32/fp16/bf16; float64 is for reference checks
     device = torch.device(device)
     if backend == "auto":
-        preferred = resolve_backend("auto", device, kernel="sti_temporal")
-        order = [preferred] + [b for b in ("triton", "cuda", "cpu", "torch") if b != preferred]
         found = available_backends(device, kernel="sti_temporal")
-        for name in (b for b in order if b in found):
+        for name in (b for b in auto_order(op, device.type, dtype) if b in found):
             reason = _shape_limit(name, device.type, op, frames, words)
             if reason is None:
                 _log.debug("%s: backend='auto' runs %s (T=%d, Nw=%d, %s)", op, name, frames, words, dtype)
@@ -417,20 +423,6 @@ _register_flop_formulas()
 # --------------------------------------------------------------------------------------------
 
 
-def _check_float(name: str, tensor: Tensor) -> None:
-    if tensor.dtype not in _FLOAT_DTYPES:
-        raise TypeError(f"{name} must be float32, float16, bfloat16 or float64, got {tensor.dtype}")
-
-
-def _check_device(**tensors: Tensor) -> torch.device:
-    devices = {name: t.device for name, t in tensors.items()}
-    first = next(iter(devices.values()))
-    if any(d != first for d in devices.values()):
-        found = ", ".join(f"{name} on {d}" for name, d in devices.items())
-        raise ValueError(f"all inputs must be on one device, got {found}")
-    return first
-
-
 def temporal_saliency(
     s_sp: Tensor,
     frames: Tensor,
@@ -471,17 +463,12 @@ def temporal_saliency(
             f"words must be [C, Nw, D] with C = {C} (s_sp) and D = {frames.shape[2]} (frames), "
             f"got {tuple(words.shape)}"
         )
-    if word_mask.shape != words.shape[:2]:
-        raise ValueError(
-            f"word_mask must be [C, Nw] = {tuple(words.shape[:2])}, got {tuple(word_mask.shape)}"
-        )
-    if word_mask.dtype != torch.bool:
-        raise TypeError(f"word_mask must be a bool tensor, got {word_mask.dtype}")
+    check_word_mask_shape(word_mask, words)
     for name, tensor in (("s_sp", s_sp), ("frames", frames), ("words", words)):
-        _check_float(name, tensor)
+        check_float(name, tensor)
     if not float(temperature) > 0:
         raise ValueError(f"temperature must be positive, got {temperature}")
-    device = _check_device(s_sp=s_sp, frames=frames, words=words, word_mask=word_mask)
+    device = check_same_device(s_sp=s_sp, frames=frames, words=words, word_mask=word_mask)
     check_word_mask(word_mask)
 
     if torch.float64 in (s_sp.dtype, frames.dtype, words.dtype):
@@ -523,8 +510,8 @@ def sti_similarity(s_temp: Tensor, frames: Tensor, class_emb: Tensor, backend: s
             f"class_emb must be [C, D] = [{C}, {frames.shape[2]}], got {tuple(class_emb.shape)}"
         )
     for name, tensor in (("s_temp", s_temp), ("frames", frames), ("class_emb", class_emb)):
-        _check_float(name, tensor)
-    device = _check_device(s_temp=s_temp, frames=frames, class_emb=class_emb)
+        check_float(name, tensor)
+    device = check_same_device(s_temp=s_temp, frames=frames, class_emb=class_emb)
 
     if torch.float64 in (s_temp.dtype, frames.dtype, class_emb.dtype):
         s_temp, frames, class_emb = s_temp.double(), frames.double(), class_emb.double()

@@ -28,7 +28,8 @@ from torch import Tensor, nn
 
 from stzsar.ops import temporal as _temporal_ops
 from stzsar.ops.projected_maxsim import projected_spatial_maxsim
-from stzsar.ops.spatial_maxsim import check_word_mask, no_autocast, output_dtype, spatial_maxsim
+from stzsar.ops.dispatch import check_word_mask, no_autocast, output_dtype
+from stzsar.ops.spatial_maxsim import spatial_maxsim
 
 # Guards the cosine against a zero-norm weighted video (all-zero frames); the fused op uses the same.
 COSINE_EPS = _temporal_ops.SIMILARITY_EPS
