@@ -1,5 +1,5 @@
 """Two-process training with torchrun (gloo, CPU): the same run as one process on the same global
-batches, and a checkpoint that loads."""
+batches, a checkpoint that loads, and no deprecated torch API on the way (no FutureWarning)."""
 
 from __future__ import annotations
 
@@ -45,12 +45,15 @@ def test_torchrun_two_processes_match_one_process(tmp_path):
     config_file = tmp_path / "config.yaml"
     config_file.write_text(yaml.safe_dump(config))
 
-    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    # Every rank inherits the filter: a FutureWarning (a deprecated torch API) fails the run.
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONWARNINGS="error::FutureWarning",
+               PYTHONPATH=str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", ""))
     command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
                "-m", "stzsar.cli", "train", "--config", str(config_file),
                "--set", f"train.output_dir={tmp_path / 'two'}"]
     done = subprocess.run(command, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    assert "FutureWarning" not in done.stderr, done.stderr[-3000:]
     assert done.stdout.count("trained 2 steps") == 1  # rank 0 alone reports
 
     from stzsar.config import load_config

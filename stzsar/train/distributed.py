@@ -99,17 +99,39 @@ def barrier() -> None:
         dist.barrier()
 
 
+class _GatherRows(torch.autograd.Function):
+    """``all_gather`` along dim 0 whose backward sums every rank's gradient of this rank's block.
+
+    Built on ``all_gather`` and ``all_reduce``, which every backend has and no torch release
+    deprecates (``torch.distributed.nn.functional.all_gather`` and ``all_gather_into_tensor``
+    print FutureWarnings). The backward all-reduces the whole gradient and keeps this rank's
+    rows: ``W`` times the traffic of a reduce-scatter, on tensors of ``[B, B]`` logits.
+    """
+
+    @staticmethod
+    def forward(ctx, tensor: Tensor) -> Tensor:
+        tensor = tensor.contiguous()
+        parts = [torch.empty_like(tensor) for _ in range(dist.get_world_size())]
+        dist.all_gather(parts, tensor)
+        ctx.rows, ctx.rank = tensor.shape[0], dist.get_rank()
+        return torch.cat(parts, dim=0)
+
+    @staticmethod
+    def backward(ctx, grad: Tensor) -> Tensor:
+        grad = grad.contiguous().clone()  # all_reduce works in place
+        dist.all_reduce(grad)
+        return grad.narrow(0, ctx.rank * ctx.rows, ctx.rows)
+
+
 def all_gather_with_grad(tensor: Tensor) -> Tensor:
     """Concatenate ``tensor`` from every rank along dim 0, differentiably.
 
     Every rank must pass the same shape. The backward sums the incoming gradients of all ranks
-    for this rank's block (``torch.distributed.nn.functional.all_gather`` reduce-scatters them).
+    for this rank's block.
     """
     if not is_distributed():
         return tensor
-    from torch.distributed.nn.functional import all_gather
-
-    return torch.cat(all_gather(tensor.contiguous()), dim=0)
+    return _GatherRows.apply(tensor)
 
 
 def all_gather_no_grad(tensor: Tensor) -> Tensor:

@@ -245,6 +245,19 @@ def resolve_device(name: str, local_rank: int = 0) -> torch.device:
     return device
 
 
+def no_buffer_sync() -> Dict[str, bool]:
+    """The ``DistributedDataParallel`` argument that stops the per-forward buffer broadcast:
+    ``forward_sync_buffers=False`` where torch has it (it deprecates ``broadcast_buffers``),
+    ``broadcast_buffers=False`` on older releases."""
+    import inspect
+
+    from torch.nn.parallel import DistributedDataParallel
+
+    if "forward_sync_buffers" in inspect.signature(DistributedDataParallel.__init__).parameters:
+        return {"forward_sync_buffers": False}
+    return {"broadcast_buffers": False}
+
+
 def resolve_precision(precision: str, device: torch.device) -> Optional[torch.dtype]:
     """The autocast dtype (``None``: fp32)."""
     if precision == "auto":
@@ -427,7 +440,7 @@ class Trainer:
 
             self.ddp = DistributedDataParallel(
                 model, device_ids=[self.device.index] if self.device.type == "cuda" else None,
-                broadcast_buffers=False,  # logit_scale and masks are constants
+                **no_buffer_sync(),  # logit_scale and masks are constants
             )
         else:
             self.ddp = None
