@@ -27,6 +27,7 @@ mixed dataset loses nothing. Bad files follow the same policy as
 from __future__ import annotations
 
 import logging
+import os
 import random
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -81,6 +82,17 @@ def dali_status() -> Tuple[bool, str]:
     return True, str(dali.__version__)
 
 
+def default_device_id() -> int:
+    """The GPU of this process: ``LOCAL_RANK`` under ``torchrun`` (each rank its own GPU, whether
+    or not the caller ran ``torch.cuda.set_device``), else the current device. A ``LOCAL_RANK``
+    past the visible devices (a launcher that gives each rank one GPU through
+    ``CUDA_VISIBLE_DEVICES``) also means the current device."""
+    local = os.environ.get("LOCAL_RANK")
+    if local is not None and local.strip().isdigit() and int(local) < torch.cuda.device_count():
+        return int(local)
+    return torch.cuda.current_device()
+
+
 class DaliDecoder:
     """Decodes chosen frames of encoded videos with a DALI pipeline.
 
@@ -88,7 +100,7 @@ class DaliDecoder:
         device: ``"gpu"`` (NVDEC, frames land in CUDA memory) or ``"cpu"``.
         batch_size: most videos per call.
         num_threads: DALI CPU threads.
-        device_id: CUDA device (default: the current one; ignored on CPU).
+        device_id: CUDA device (default: :func:`default_device_id`; ignored on CPU).
     """
 
     def __init__(self, device: str = "gpu", *, batch_size: int = 8, num_threads: int = 2,
@@ -103,7 +115,7 @@ class DaliDecoder:
         self.device = device
         self.batch_size = batch_size
         self.num_threads = num_threads
-        self.device_id = (torch.cuda.current_device() if device_id is None else device_id) if device == "gpu" else None
+        self.device_id = (default_device_id() if device_id is None else device_id) if device == "gpu" else None
         self._pipe = None
 
     def _build(self):

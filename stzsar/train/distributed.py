@@ -46,6 +46,18 @@ def env_world_size() -> int:
     return int(os.environ.get("WORLD_SIZE", "1"))
 
 
+def local_rank() -> int:
+    """This process's rank on its node (``LOCAL_RANK`` of the launcher; 0 without one)."""
+    return int(os.environ.get("LOCAL_RANK", "0"))
+
+
+def launched_world_size() -> int:
+    """Processes in the run: the process group's size if one exists, else ``WORLD_SIZE``."""
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_world_size()
+    return env_world_size()
+
+
 def init_distributed(device_type: str = "cpu", timeout_s: float = 1800.0) -> DistInfo:
     """Join the process group ``torchrun`` describes (``RANK``/``WORLD_SIZE``/``LOCAL_RANK``).
 
@@ -54,7 +66,7 @@ def init_distributed(device_type: str = "cpu", timeout_s: float = 1800.0) -> Dis
     "cuda"``, gloo otherwise.
     """
     if dist.is_available() and dist.is_initialized():
-        return DistInfo(dist.get_rank(), dist.get_world_size(), int(os.environ.get("LOCAL_RANK", "0")))
+        return DistInfo(dist.get_rank(), dist.get_world_size(), local_rank())
     world_size = env_world_size()
     if world_size <= 1:
         return DistInfo()
@@ -68,12 +80,12 @@ def init_distributed(device_type: str = "cpu", timeout_s: float = 1800.0) -> Dis
         raise RuntimeError("this PyTorch build has no torch.distributed; run on one device")
     backend = "nccl" if device_type == "cuda" else "gloo"
     rank = int(os.environ["RANK"])
-    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+    local = local_rank()
     if device_type == "cuda":
-        torch.cuda.set_device(local_rank)
+        torch.cuda.set_device(local)
     dist.init_process_group(backend, rank=rank, world_size=world_size,
                             timeout=datetime.timedelta(seconds=timeout_s))
-    return DistInfo(rank, world_size, local_rank, initialized_here=True)
+    return DistInfo(rank, world_size, local, initialized_here=True)
 
 
 def cleanup(info: DistInfo) -> None:
@@ -92,6 +104,14 @@ def get_rank() -> int:
 
 def get_world_size() -> int:
     return dist.get_world_size() if is_distributed() else 1
+
+
+def collective_device() -> torch.device:
+    """Where tensors of a collective must live: the current CUDA device under NCCL (which refuses
+    CPU tensors; ``init_distributed`` made it ``cuda:LOCAL_RANK``), the CPU otherwise (gloo)."""
+    if is_distributed() and dist.get_backend() == "nccl":
+        return torch.device("cuda", torch.cuda.current_device())
+    return torch.device("cpu")
 
 
 def barrier() -> None:
@@ -162,18 +182,19 @@ def broadcast_object(value: Any, src: int = 0) -> Any:
 
 
 def all_reduce_mean(value: float, device: Optional[torch.device] = None) -> float:
-    """The mean of a Python number over ranks."""
+    """The mean of a Python number over ranks (``device``: default :func:`collective_device`)."""
     if not is_distributed():
         return float(value)
-    tensor = torch.tensor([float(value)], dtype=torch.float64, device=device)
+    tensor = torch.tensor([float(value)], dtype=torch.float64, device=device or collective_device())
     dist.all_reduce(tensor)
     return float(tensor.item()) / dist.get_world_size()
 
 
 def any_rank(flag: bool, device: Optional[torch.device] = None) -> bool:
-    """True on every rank when ``flag`` is true on at least one."""
+    """True on every rank when ``flag`` is true on at least one (``device``: default
+    :func:`collective_device`)."""
     if not is_distributed():
         return bool(flag)
-    tensor = torch.tensor([1.0 if flag else 0.0], device=device)
+    tensor = torch.tensor([1.0 if flag else 0.0], device=device or collective_device())
     dist.all_reduce(tensor, op=dist.ReduceOp.MAX)
     return bool(tensor.item() > 0)

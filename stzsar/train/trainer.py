@@ -233,7 +233,10 @@ def split_dataset(split, config: Config, image_size: int):
 # The trainer
 
 
-def resolve_device(name: str, local_rank: int = 0) -> torch.device:
+def resolve_device(name: str, local_rank: int = 0, distributed: bool = False) -> torch.device:
+    """The device of ``train.device`` for this process: ``cuda`` and ``auto`` mean the GPU of its
+    local rank. Under a launcher (``distributed``) each rank must use that GPU (the process group
+    binds it), so an explicit ``cuda:N`` naming another one is an error."""
     if name == "auto":
         return torch.device(f"cuda:{local_rank}") if torch.cuda.is_available() else torch.device("cpu")
     device = torch.device(name)
@@ -242,6 +245,12 @@ def resolve_device(name: str, local_rank: int = 0) -> torch.device:
             raise RuntimeError(f"train.device={name} but CUDA is not available here")
         if device.index is None:
             device = torch.device(f"cuda:{local_rank}")
+        elif distributed and device.index != local_rank:
+            raise ValueError(
+                f"train.device={name} conflicts with torchrun: the rank with LOCAL_RANK={local_rank} "
+                f"runs on cuda:{local_rank} (each rank takes the GPU of its local rank); set "
+                f"train.device=cuda or auto, and choose GPUs with CUDA_VISIBLE_DEVICES"
+            )
     return device
 
 
@@ -344,10 +353,10 @@ class Trainer:
         self.callbacks = list(callbacks)
         self.save_checkpoints = save_checkpoints
 
-        device_type = "cuda" if (cfg_train.device.startswith("cuda") or
-                                 (cfg_train.device == "auto" and torch.cuda.is_available())) else "cpu"
-        self.dist = dist_utils.init_distributed(device_type)
-        self.device = resolve_device(cfg_train.device, self.dist.local_rank)
+        # The device is checked before the process group starts, so a bad one fails cleanly.
+        self.device = resolve_device(cfg_train.device, dist_utils.local_rank(),
+                                     dist_utils.launched_world_size() > 1)
+        self.dist = dist_utils.init_distributed(self.device.type)
         self.autocast_dtype = resolve_precision(cfg_train.precision, self.device)
         if cfg_train.deterministic:
             os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
