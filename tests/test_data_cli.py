@@ -118,3 +118,20 @@ def test_the_stzsar_command_has_data_inspect(tmp_path):
     )
     assert result.returncode == 1, result.stderr[-2000:]  # 1: the one listed video is missing
     assert json.loads(result.stdout)["missing"] == 1
+
+
+def test_the_same_cause_reads_the_same_with_and_without_decode(tmp_path, capsys):
+    (tmp_path / "wave").mkdir()
+    (tmp_path / "wave" / "empty.mp4").write_bytes(b"")
+    (tmp_path / "list.txt").write_text("wave/empty.mp4 0\n")
+    (tmp_path / "labels.csv").write_text("id,name\n0,wave\n")
+    base = ["data", "inspect", "--format", "bike", "--list", str(tmp_path / "list.txt"),
+            "--labels", str(tmp_path / "labels.csv"), "--root", str(tmp_path)]
+    outputs = []
+    for extra in ([], ["--decode"]):
+        assert run(base + extra) == 1
+        outputs.append(capsys.readouterr().out.splitlines())
+    for lines in outputs:
+        assert "unreadable: 1" in lines
+        assert f"  unreadable: {tmp_path / 'wave' / 'empty.mp4'}: empty file (0 bytes)" in lines
+        assert not any("undecodable" in line for line in lines)

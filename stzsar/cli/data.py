@@ -177,10 +177,11 @@ def _print_text(split, counts: List[int], result: Dict[str, Any]) -> None:
     print(f"missing: {result['missing']}")
     for path in result["missing_files"]:
         print(f"  missing: {path}")
-    what = "undecodable" if result["decoded"] else "unreadable"
-    print(f"{what}: {result['unreadable']}")
+    # One word with and without --decode: the reason says what was wrong (empty file, no video
+    # stream, ...), and the same cause reads the same either way.
+    print(f"unreadable: {result['unreadable']}")
     for item in result["unreadable_files"]:
-        print(f"  {what}: {item['path']}: {item['reason']}")
+        print(f"  unreadable: {item['path']}: {item['reason']}")
     if result["decoded"]:
         print(f"decoded short: {result['short']}")
         for item in result["short_files"]:
