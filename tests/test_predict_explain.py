@@ -60,7 +60,10 @@ def test_predict_json_gives_the_models_top_classes(assets, capsys):
     assert main(["predict", str(assets["video"]), *common(assets), "--top-k", "3", "--json"]) == 0
     answer = json.loads(capsys.readouterr().out)
     (prediction,) = answer["predictions"]
-    assert prediction["error"] is None and prediction["views"] == 1 and prediction["num_frames"] == 12
+    assert prediction["error"] is None and prediction["views"] == 1
+    # one name per meaning: the clip's frames at the top, the file's length (12 frames written) per video
+    assert answer["clip_frames"] == FRAMES and prediction["video_frames"] == 12
+    assert "num_frames" not in answer and "num_frames" not in prediction
     probs, _ = reference_probs(assets)
     best = probs.argsort(descending=True)[:3].tolist()
     assert [t["class"] for t in prediction["top"]] == [CLASSES[i] for i in best]
@@ -81,6 +84,18 @@ def test_predict_averages_views_and_reports_bad_files(assets, capsys):
     np.testing.assert_allclose([t["prob"] for t in good["top"]], probs[best].numpy(), rtol=1e-5)
     assert "empty" in empty["error"] and empty["top"] == []
     assert "not found" in missing["error"]
+
+
+def test_predict_says_an_unreadable_files_reason_once(assets, capsys):
+    assert main(["predict", str(assets["video"]), str(assets["empty"]), *common(assets)]) == 1
+    captured = capsys.readouterr()
+    printed = captured.out + captured.err
+    assert printed.count("empty file") == 1
+    assert f"{assets['empty']}\n  cannot be read: empty file" in captured.out
+    assert main(["predict", str(assets["empty"]), *common(assets), "--json"]) == 1
+    captured = capsys.readouterr()
+    assert "empty file" in json.loads(captured.out)["predictions"][0]["error"]
+    assert "empty file" not in captured.err  # the JSON carries it
 
 
 def test_predict_text_output(assets, capsys):

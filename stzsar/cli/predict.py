@@ -74,7 +74,7 @@ def run_predict(args: argparse.Namespace) -> int:
                              progress=not args.json)
     if args.json:
         print(json.dumps({"checkpoint": str(args.checkpoint), "classes": str(args.classes),
-                          "attributes": args.attributes, "num_frames": setup["spec"].num_frames,
+                          "attributes": args.attributes, "clip_frames": setup["spec"].num_frames,
                           "predictions": [a.as_dict() for a in answers]}, indent=2))
     else:
         for answer in answers:

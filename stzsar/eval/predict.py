@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import logging
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import List, Optional, Sequence, Tuple, Union
@@ -13,16 +12,18 @@ from stzsar.eval.engine import autocast_dtype, score_batch
 from stzsar.eval.loading import load_video
 from stzsar.text import ClassBank
 
-logger = logging.getLogger(__name__)
-
 
 @dataclass
 class Prediction:
-    """One video's answer: the top classes with probabilities, or why it could not be read."""
+    """One video's answer: the top classes with probabilities, or why it could not be read.
+
+    ``video_frames`` is the length of the video file in frames (not the frames of a clip, which
+    the clip spec gives).
+    """
 
     video: str
     top: List[Tuple[str, float]] = field(default_factory=list)
-    num_frames: Optional[int] = None
+    video_frames: Optional[int] = None
     views: int = 0
     error: Optional[str] = None
 
@@ -30,7 +31,7 @@ class Prediction:
         return {
             "video": self.video,
             "top": [{"class": name, "prob": prob} for name, prob in self.top],
-            "num_frames": self.num_frames,
+            "video_frames": self.video_frames,
             "views": self.views,
             "error": self.error,
         }
@@ -50,8 +51,8 @@ def predict_videos(
 ) -> List[Prediction]:
     """Score each video (all test views of ``spec``, probabilities averaged) against the classes.
 
-    A video that cannot be decoded gets a :class:`Prediction` with ``error`` set (path and reason);
-    the others are still scored.
+    A video that cannot be decoded gets a :class:`Prediction` with ``error`` set (the reason; not
+    logged, so that the caller reports it once); the others are still scored.
     """
     from stzsar.data.errors import VideoDecodeError
 
@@ -72,11 +73,10 @@ def predict_videos(
         try:
             clip, total = load_video(path, spec)
         except VideoDecodeError as error:
-            logger.warning("%s: cannot be read: %s", error.path, error.reason)
             answers.append(Prediction(str(path), error=error.reason))
             continue
         probs = score_batch(model, clip.unsqueeze(0), bank, device=device, amp_dtype=amp)[0].mean(0)
         values, indices = probs.double().topk(k)
         top = [(class_names[i], float(v)) for v, i in zip(values.tolist(), indices.tolist())]
-        answers.append(Prediction(str(path), top, num_frames=total, views=clip.shape[0]))
+        answers.append(Prediction(str(path), top, video_frames=total, views=clip.shape[0]))
     return answers
