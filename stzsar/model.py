@@ -13,6 +13,10 @@ import functools
 import logging
 import math
 import os
+import socket
+import threading
+import urllib.parse
+import urllib.request
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Dict, List, Mapping, Optional, Sequence, Union
@@ -91,6 +95,148 @@ def _quiet_random_init():
         root.removeFilter(quiet)
 
 
+#: Seconds the reachability check of the weight server waits before calling it unreachable.
+HUB_CHECK_TIMEOUT_S = 3.0
+
+
+def _offline_advice(name: str, where: str = "") -> str:
+    """The two ways to get weights without a download, for every weight-loading error."""
+    fetch = f" (from {where})" if where else ""
+    return (
+        f"Without network: download the weights elsewhere{fetch} and pass the local file, "
+        f"build_model({name!r}, pretrained='/path/to/weights.bin') or "
+        f"`--set model.pretrained=/path/to/weights.bin`; or copy the open_clip/Hugging Face cache "
+        f"(~/.cache/huggingface/hub, or $HF_HUB_CACHE) from a machine that downloaded them and set "
+        f"HF_HUB_OFFLINE=1 (offline mode: the cache is read and no download is tried)."
+    )
+
+
+@dataclass
+class _WeightSource:
+    """Where open_clip would fetch a pretrained tag's weights from, and the local copy if cached."""
+
+    url: str                # the server to reach (the hub endpoint or the download URL)
+    where: str              # what to download, for the error message
+    cached: Optional[str]   # a local file open_clip would use without a download
+    hub: bool               # fetched through huggingface_hub (which honours HF_HUB_OFFLINE)
+
+
+def _weight_source(name: str, tag: str) -> Optional[_WeightSource]:
+    """The download behind ``open_clip.create_model(name, pretrained=tag)``, mirroring open_clip's
+    choice (hub first when huggingface_hub is installed, else the URL); ``None`` when the tag is
+    unknown or names a file (open_clip then reports it)."""
+    import open_clip
+    from open_clip import pretrained as oc_pretrained
+
+    cfg = open_clip.get_pretrained_cfg(name, tag)
+    if not cfg or "file" in cfg:
+        return None
+    hub_path, url = cfg.get("hf_hub", ""), cfg.get("url", "")
+    if hub_path and oc_pretrained.has_hf_hub():
+        from huggingface_hub import constants, try_to_load_from_cache
+        from open_clip.constants import HF_SAFE_WEIGHTS_NAME, HF_WEIGHTS_NAME
+
+        repo, filename = os.path.split(hub_path)
+        filename = filename or HF_WEIGHTS_NAME
+        # open_clip tries a .safetensors twin first, then the named file.
+        candidates = ([HF_SAFE_WEIGHTS_NAME] if filename == HF_WEIGHTS_NAME else
+                      [filename.rsplit(".", 1)[0] + ".safetensors"] if filename.endswith((".bin", ".pth")) else [])
+        cached = None
+        for candidate in candidates + [filename]:
+            found = try_to_load_from_cache(repo, candidate)
+            if isinstance(found, str) and os.path.isfile(found):
+                cached = found
+                break
+        return _WeightSource(constants.ENDPOINT, f"{constants.ENDPOINT}/{repo}/resolve/main/{filename}",
+                             cached, hub=True)
+    if url:
+        target = os.path.join(os.path.expanduser("~/.cache/clip"), os.path.basename(url))
+        return _WeightSource(url, url, target if os.path.isfile(target) else None, hub=False)
+    return None
+
+
+def _unreachable(url: str, timeout: float = HUB_CHECK_TIMEOUT_S) -> Optional[str]:
+    """Why ``url``'s server (or the proxy in front of it) takes no TCP connection within
+    ``timeout`` seconds; ``None`` when it does. Name resolution has no timeout of its own, hence
+    the thread."""
+    parsed = urllib.parse.urlsplit(url)
+    host, port = parsed.hostname or "", parsed.port or (443 if parsed.scheme == "https" else 80)
+    proxy = urllib.request.getproxies().get(parsed.scheme)
+    if proxy and not urllib.request.proxy_bypass(host):
+        proxied = urllib.parse.urlsplit(proxy if "://" in proxy else f"http://{proxy}")
+        host, port = proxied.hostname or host, proxied.port or 80
+    failure: List[str] = []
+
+    def connect() -> None:
+        try:
+            socket.create_connection((host, port), timeout=timeout).close()
+        except OSError as error:
+            failure.append(f"{type(error).__name__}: {error}")
+
+    thread = threading.Thread(target=connect, daemon=True)
+    thread.start()
+    thread.join(timeout + 0.5)
+    if thread.is_alive():
+        return f"no answer from {host}:{port} within {timeout:g} s"
+    return f"cannot connect to {host}:{port} ({failure[0]})" if failure else None
+
+
+@contextlib.contextmanager
+def _hub_logging():
+    """Each hub warning printed once: huggingface_hub has its own stderr handler, and open_clip's
+    module-level ``logging.info`` calls install a root handler (``basicConfig``) that prints every
+    propagated record a second time. A root without handlers gets a null one for the call (which
+    keeps open_clip from configuring the caller's logging); the hub's records stay with its handler."""
+    root, hub = logging.getLogger(), logging.getLogger("huggingface_hub")
+    null = logging.NullHandler() if not root.handlers else None
+    if null is not None:
+        root.addHandler(null)
+    propagate = hub.propagate
+    if hub.handlers:
+        hub.propagate = False
+    try:
+        yield
+    finally:
+        hub.propagate = propagate
+        if null is not None:
+            root.removeHandler(null)
+
+
+@contextlib.contextmanager
+def _weight_access(name: str, tag: str):
+    """Fail within seconds where a download cannot work, instead of the hub client's minute of
+    retries: weights already cached are read in offline mode; otherwise offline mode, or a weight
+    server that takes no connection, raise :class:`PretrainedWeightsUnavailable` at once."""
+    source = _weight_source(name, tag)
+    if source is None:
+        with _hub_logging():
+            yield
+        return
+    if source.hub:
+        from huggingface_hub import constants
+        offline = constants.is_offline_mode() if hasattr(constants, "is_offline_mode") else constants.HF_HUB_OFFLINE
+    else:
+        offline = False
+    if source.cached is None:
+        reason = ("offline mode is on (HF_HUB_OFFLINE=1)" if offline
+                  else _unreachable(source.url))
+        if reason is not None:
+            raise PretrainedWeightsUnavailable(
+                f"could not load pretrained weights {tag!r} for {name!r}: they are not in the local "
+                f"cache and cannot be downloaded: {reason}.\n" + _offline_advice(name, source.where))
+    forced = source.hub and source.cached is not None and not offline
+    if forced:  # read the cache without asking the hub (no network calls, no retries)
+        from huggingface_hub import constants
+
+        constants.HF_HUB_OFFLINE = True
+    try:
+        with _hub_logging():
+            yield
+    finally:
+        if forced:
+            constants.HF_HUB_OFFLINE = False
+
+
 def _create_clip(name: str, pretrained: Optional[str], image_size: Optional[int], meta: bool = False):
     import open_clip
 
@@ -112,7 +258,8 @@ def _create_clip(name: str, pretrained: Optional[str], image_size: Optional[int]
             with _quiet_random_init():
                 clip = open_clip.create_model(name, pretrained=None, **kwargs)
         else:
-            clip = open_clip.create_model(name, pretrained=pretrained, **kwargs)
+            with _weight_access(name, pretrained):
+                clip = open_clip.create_model(name, pretrained=pretrained, **kwargs)
     except PretrainedWeightsUnavailable:
         raise
     except Exception as error:  # open_clip raises RuntimeError/OSError chains for network failures
@@ -122,13 +269,67 @@ def _create_clip(name: str, pretrained: Optional[str], image_size: Optional[int]
         raise PretrainedWeightsUnavailable(
             f"could not load pretrained weights {pretrained!r} for {name!r}: "
             f"{type(error).__name__}: {str(error).splitlines()[0] if str(error) else ''}\n"
-            f"Known tags for {name}: {tags or 'none'}. Where this machine cannot download them, fetch "
-            f"the checkpoint elsewhere (e.g. open_clip's {name} weights as a .pt/.bin/.safetensors file) "
-            f"and pass its local path: build_model({name!r}, pretrained='/path/to/weights.pt') or "
-            f"`--set model.pretrained=/path/to/weights.pt`."
+            f"Known tags for {name}: {tags or 'none'}. " + _offline_advice(name)
         ) from None
-    tokenizer = open_clip.get_tokenizer(name)
+    tokenizer = _load_tokenizer(name, meta)
     return clip, tokenizer
+
+
+class TokenizerUnavailable(RuntimeError):
+    """Raised when a model's tokenizer cannot be had (a Hugging Face tokenizer, not cached, no network)."""
+
+
+class _UnavailableTokenizer:
+    """Stands in for a tokenizer that could not be loaded, on the meta device only (shapes, nothing
+    is tokenized there): any use raises the loading error."""
+
+    def __init__(self, message: str):
+        self.message = message
+
+    def __call__(self, *args, **kwargs):
+        raise TokenizerUnavailable(self.message)
+
+    def __getattr__(self, name):
+        if name.startswith("__"):  # copy, pickle and friends probe these
+            raise AttributeError(name)
+        raise TokenizerUnavailable(self.message)
+
+
+def _load_tokenizer(name: str, meta: bool = False):
+    """open_clip's tokenizer of ``name``. OpenAI's BPE ships with open_clip; a Hugging Face
+    tokenizer (SigLIP, CLIPA, ...) is read from the Hugging Face cache, or downloaded where the hub
+    answers. Where neither works, :class:`TokenizerUnavailable` at once (not after the hub client's
+    minute of retries), saying how to provide it offline."""
+    import open_clip
+
+    hub = ((open_clip.get_model_config(name) or {}).get("text_cfg") or {}).get("hf_tokenizer_name")
+    if hub is None or os.path.isdir(hub):  # shipped with open_clip, or a local folder
+        return open_clip.get_tokenizer(name)
+    from huggingface_hub import constants, try_to_load_from_cache
+
+    offline = bool(constants.HF_HUB_OFFLINE)
+    cached = isinstance(try_to_load_from_cache(hub, "tokenizer_config.json"), str)
+    reason = None
+    if not cached:
+        reason = "offline mode is on (HF_HUB_OFFLINE=1)" if offline else _unreachable(constants.ENDPOINT)
+    if reason is None:
+        constants.HF_HUB_OFFLINE = offline or cached  # a cached copy is read without asking the hub
+        try:
+            return open_clip.get_tokenizer(name)
+        except Exception as error:
+            reason = f"{type(error).__name__}: {str(error).splitlines()[0] if str(error) else ''}"
+        finally:
+            constants.HF_HUB_OFFLINE = offline
+    message = (
+        f"the tokenizer of {name!r} cannot be loaded: it is the Hugging Face tokenizer {hub!r}, which is "
+        f"not in this machine's Hugging Face cache and cannot be downloaded here ({reason}). To use "
+        f"{name} offline, load it once on a machine with network (python -c \"from transformers import "
+        f"AutoTokenizer; AutoTokenizer.from_pretrained('{hub}')\"), copy that machine's Hugging Face "
+        f"cache (~/.cache/huggingface/hub, or $HF_HUB_CACHE) to the same place here, and set HF_HUB_OFFLINE=1."
+    )
+    if meta:
+        return _UnavailableTokenizer(message)
+    raise TokenizerUnavailable(message)
 
 
 def load_clip_weights(clip: nn.Module, path: Union[str, Path]) -> None:
@@ -174,7 +375,7 @@ class STZSARModel(nn.Module):
         """Prompts ``template.format(name, attributes...)`` through the frozen text encoder."""
         prompts = build_prompts(
             class_names, attributes, template=self.config.template,
-            context_length=self.text.context_length,
+            context_length=self.text.context_length, tokenizer=self.text.vocabulary,
         )
         return self.text([p.text for p in prompts])
 

@@ -32,8 +32,89 @@ def test_unavailable_weights_say_how_to_pass_a_local_file(monkeypatch):
     with pytest.raises(PretrainedWeightsUnavailable) as info:
         build_model("stzsar-tiny", pretrained="openai")
     message = str(info.value)
-    assert "local path" in message and "pretrained=" in message
+    assert "pretrained='/path/to/" in message and "HF_HUB_OFFLINE=1" in message
     assert "\n" in message and len(message.splitlines()) < 6  # one error, not a stack of them
+
+
+# The weight download runs in a child process: huggingface_hub reads HF_ENDPOINT, HF_HUB_CACHE and
+# HF_HUB_OFFLINE when it is imported, and open_clip configures the root logger as a side effect.
+# Port 9 on the loopback has no listener, so the "hub" refuses every connection at once, which is
+# what a machine without a route sees after its DNS lookup fails.
+_WEIGHTS_CHILD = r"""
+import json, os, sys, time
+import torch
+import open_clip
+from open_clip import pretrained as oc_pretrained
+from stzsar.model import PretrainedWeightsUnavailable, _create_clip, build_model
+
+name, tag, cache = sys.argv[1:4]
+expected = None
+if tag == "cachedtest":
+    # A tag of the tiny model whose weights are in the hub cache (as a past download leaves them).
+    oc_pretrained._PRETRAINED.setdefault(name, {})[tag] = oc_pretrained._pcfg(hf_hub="stzsar-test/tiny/")
+    clip, _ = _create_clip(name, None, None)
+    repo = os.path.join(cache, "models--stzsar-test--tiny")
+    os.makedirs(os.path.join(repo, "snapshots", "a" * 40))
+    os.makedirs(os.path.join(repo, "refs"))
+    open(os.path.join(repo, "refs", "main"), "w").write("a" * 40)
+    torch.save(clip.state_dict(), os.path.join(repo, "snapshots", "a" * 40, "open_clip_pytorch_model.bin"))
+    expected = clip.visual.proj.detach()
+start = time.perf_counter()
+try:
+    model = build_model(name, pretrained=tag)
+    outcome = {"error": None, "same_weights": bool(torch.equal(model.video.visual.proj, expected))}
+except PretrainedWeightsUnavailable as error:
+    outcome = {"error": str(error)}
+outcome["seconds"] = time.perf_counter() - start
+print("RESULT " + json.dumps(outcome))
+"""
+
+
+def _build_in_child(tmp_path, name, tag, **env):
+    import json
+    import subprocess
+    import sys
+
+    cache = tmp_path / "hub"
+    cache.mkdir()
+    child_env = {k: v for k, v in os.environ.items()
+                 if k.lower() not in ("http_proxy", "https_proxy", "all_proxy", "no_proxy")
+                 and not k.startswith(("HF_", "TRANSFORMERS_"))}
+    child_env.update(HF_ENDPOINT="http://127.0.0.1:9", HF_HUB_CACHE=str(cache), HOME=str(tmp_path), **env)
+    result = subprocess.run([sys.executable, "-c", _WEIGHTS_CHILD, name, tag, str(cache)], env=child_env,
+                            capture_output=True, text=True, timeout=300, cwd=str(tmp_path))
+    lines = [line for line in result.stdout.splitlines() if line.startswith("RESULT ")]
+    assert lines, f"child failed (rc {result.returncode}):\n{result.stderr[-3000:]}"
+    return json.loads(lines[-1][len("RESULT "):]), result.stderr
+
+
+def test_unreachable_hub_fails_within_seconds_naming_offline_mode(tmp_path):
+    """Without a route to the hub, the hub client retries for about a minute; build_model fails
+    at once with the two offline routes (a local file, the cache with HF_HUB_OFFLINE=1)."""
+    outcome, stderr = _build_in_child(tmp_path, "ViT-B-16", "openai")
+    assert outcome["error"] is not None
+    assert outcome["seconds"] < 15, outcome
+    message = outcome["error"]
+    assert "127.0.0.1:9" in message  # says which server did not answer
+    assert "HF_HUB_OFFLINE=1" in message and "pretrained='/path/to/" in message
+    assert "vit_base_patch16_clip_224.openai" in message  # what to download elsewhere
+    assert "Retrying" not in stderr
+
+
+def test_offline_mode_without_cached_weights_says_so(tmp_path):
+    outcome, stderr = _build_in_child(tmp_path, "ViT-B-16", "openai", HF_HUB_OFFLINE="1")
+    assert outcome["seconds"] < 15, outcome
+    assert "offline mode is on (HF_HUB_OFFLINE=1)" in outcome["error"]
+    assert "pretrained='/path/to/" in outcome["error"]
+
+
+def test_cached_weights_load_without_the_hub(tmp_path):
+    """Weights in the hub cache are read at once when the hub cannot be reached, with no
+    retries and no warning printed."""
+    outcome, stderr = _build_in_child(tmp_path, "stzsar-tiny", "cachedtest")
+    assert outcome["error"] is None and outcome["same_weights"]
+    assert outcome["seconds"] < 15, outcome
+    assert "Retrying" not in stderr and "WARNING" not in stderr, stderr[-2000:]
 
 
 def test_unknown_model_name():
