@@ -267,3 +267,103 @@ def test_patch_tokens_sliced_from_the_encoder_output():
     assert leaf.grad[:, 0].abs().max() == 0
     torch.testing.assert_close(leaf.grad[:, 1:].reshape(copy.shape), copy.grad, rtol=1e-6, atol=1e-6)
     assert rel_error(leaf.grad[:, 1:].reshape(copy.shape), ref_leaves[0].grad) < 1e-5
+
+
+# --------------------------------------------------------------------------------------------
+# torch.use_deterministic_algorithms (train.deterministic): a fixed summation order
+# --------------------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def deterministic_algorithms():
+    """``torch.use_deterministic_algorithms(True, warn_only=True)`` for one test, as
+    ``train.deterministic`` sets it (warn_only: cuBLAS GEMMs without CUBLAS_WORKSPACE_CONFIG warn)."""
+    previous = torch.are_deterministic_algorithms_enabled(), torch.is_deterministic_algorithms_warn_only_enabled()
+    torch.use_deterministic_algorithms(True, warn_only=True)
+    yield
+    torch.use_deterministic_algorithms(previous[0], warn_only=previous[1])
+
+
+def _shared_winner_inputs(device):
+    """Words that all point the same way, so most classes pick the same patch of a frame: the
+    backward adds many winners into the same rows (the case where the order of the sum matters)."""
+    patches, weight, bias, words, mask = make_inputs(2, 3, 5, 9, 4, 8, torch.float32, "cpu", seed=31)
+    words = words + 2.0 * torch.rand(9, 1, 1, generator=torch.Generator().manual_seed(2)) * torch.ones(8)
+    return [t.to(device) for t in (patches, weight, bias, words)] + [mask.to(device)]
+
+
+def _run_projected(inputs, backend, grad):
+    leaves = [t.detach().clone().requires_grad_(True) for t in inputs[:4]]
+    out, index = projected_spatial_maxsim_with_index(*leaves, inputs[4], backend=backend, chunk_frames=4)
+    out.backward(grad)
+    return out, index, [t.grad for t in leaves]
+
+
+@pytest.mark.parametrize("device,backend", backend_cases())
+def test_deterministic_backward_is_bitwise_repeatable(device, backend, deterministic_algorithms, monkeypatch):
+    """Under the flag: three runs give bitwise equal gradients, equal to the float64 reference."""
+    require(device, backend)
+    import stzsar.ops.projected_maxsim as module
+
+    monkeypatch.setitem(module.CHUNK_BYTES, torch.device(device).type, 3 * 4 * 8 * 4)  # 3 classes a block
+    inputs = _shared_winner_inputs(device)
+    grad = torch.randn(2, 9, 3, generator=torch.Generator().manual_seed(3)).to(device)
+    runs = [_run_projected(inputs, backend, grad) for _ in range(3)]
+    out, index, grads = runs[0]
+    _, collisions = torch.unique(index.long().cpu() // inputs[3].shape[1], return_counts=True)
+    assert collisions.max() >= 3  # several winners share a patch row
+    for other_out, other_index, other_grads in runs[1:]:
+        assert torch.equal(out, other_out) and torch.equal(index, other_index)
+        for first, again in zip(grads, other_grads):
+            assert torch.equal(first, again)
+    expected, _, ref_leaves = reference(*inputs, winner=index)
+    (expected * grad.double().cpu()).sum().backward()
+    for name, got, ref in zip(("patches", "weight", "bias", "words"), grads, ref_leaves):
+        assert rel_error(got, ref.grad) < 1e-5, name
+
+
+def test_deterministic_flag_selects_the_sorted_sums(monkeypatch):
+    """With the flag on, the backward never reaches ``index_add_``; with it off, it never sorts
+    (the fast path stays the default)."""
+    import stzsar.ops.projected_maxsim as module
+
+    calls = {"index_add": 0, "segment": 0}
+
+    def spy(name, real):
+        def wrapped(*args):
+            calls[name] += 1
+            return real(*args)
+        return wrapped
+
+    monkeypatch.setattr(module, "index_add_rows", spy("index_add", module.index_add_rows))
+    monkeypatch.setattr(module, "segment_add_rows", spy("segment", module.segment_add_rows))
+    inputs = _shared_winner_inputs("cpu")
+    grad = torch.randn(2, 9, 3, generator=torch.Generator().manual_seed(4))
+    previous = torch.are_deterministic_algorithms_enabled(), torch.is_deterministic_algorithms_warn_only_enabled()
+    try:
+        torch.use_deterministic_algorithms(True, warn_only=True)  # the trainer's setting
+        _, _, sorted_grads = _run_projected(inputs, "torch", grad)
+        assert calls["segment"] > 0 and calls["index_add"] == 0
+        torch.use_deterministic_algorithms(False)
+        _, _, fast_grads = _run_projected(inputs, "torch", grad)
+        assert calls["index_add"] > 0
+    finally:
+        torch.use_deterministic_algorithms(previous[0], warn_only=previous[1])
+    for a, b in zip(sorted_grads, fast_grads):
+        assert rel_error(a, b.double()) < 1e-6
+
+
+def test_segment_add_rows_against_a_loop():
+    """Unsorted rows, repeated rows and rows nobody adds to, against a float64 loop."""
+    from stzsar.ops.projected_maxsim import segment_add_rows
+
+    gen = torch.Generator().manual_seed(5)
+    rows = torch.tensor([4, 0, 4, 6, 4, 0, 2, 4])
+    values = torch.randn(len(rows), 3, generator=gen)
+    out = torch.randn(8, 3, generator=gen)
+    expected = out.double().clone()
+    for i, r in enumerate(rows.tolist()):
+        expected[r] += values[i].double()
+    segment_add_rows(out, rows, values)
+    assert rel_error(out, expected) < 1e-6
+    assert torch.equal(out[[1, 3, 5, 7]].double(), expected[[1, 3, 5, 7]])  # untouched rows

@@ -238,6 +238,30 @@ def test_only_the_requested_gradients_are_computed(device, backend):
                 assert max_rel_error(x.grad, ref) < 1e-5, (wanted, i)
 
 
+@pytest.mark.parametrize("device,backend", BACKENDS)
+def test_backward_is_deterministic(device, backend):
+    """Under ``torch.use_deterministic_algorithms(True, warn_only=True)`` (``train.deterministic``)
+    two runs of both ops give bitwise equal outputs and gradients (their backward passes reduce
+    over videos and classes with GEMMs, without atomics)."""
+    shape = (2, 3, 3, 5, 40) if backend == "triton" and device == "cpu" else (3, 13, 4, 33, 24)
+    s_sp, frames, words, mask, class_emb = make_inputs(*shape, device=device, seed=41)
+    grad_out = torch.randn(shape[0], shape[1], generator=torch.Generator().manual_seed(42)).to(device)
+    previous = torch.are_deterministic_algorithms_enabled(), torch.is_deterministic_algorithms_warn_only_enabled()
+    torch.use_deterministic_algorithms(True, warn_only=True)
+    runs = []
+    try:
+        for _ in range(2):
+            leaves = [x.detach().clone().requires_grad_(True) for x in (s_sp, frames, words, class_emb)]
+            s_temp = temporal_saliency(leaves[0], leaves[1], leaves[2], mask, 0.05, backend=backend)
+            cos = sti_similarity(s_temp, leaves[1], leaves[3], backend=backend)
+            cos.backward(grad_out)
+            runs.append([cos] + [x.grad for x in leaves])
+    finally:
+        torch.use_deterministic_algorithms(previous[0], warn_only=previous[1])
+    for first, second in zip(*runs):
+        assert torch.equal(first, second)
+
+
 # --------------------------------------------------------------------------------------------
 # Large logits: the softmax over time must subtract its maximum
 # --------------------------------------------------------------------------------------------

@@ -10,7 +10,10 @@ recomputes each chunk's projection and writes the gradients of the raw patches, 
 autograd never saves ``P~`` or ``normalize(P)`` either. Only the winners get gradient, so the
 backward gathers the winning rows and adds them in with ``index_add_`` (the same code on every
 device; it is O(B*C*T*D), negligible beside the forward's GEMMs) rather than calling a backend
-kernel that would return a whole ``[C, Nw, D]`` word gradient per chunk.
+kernel that would return a whole ``[C, Nw, D]`` word gradient per chunk. Under
+``torch.use_deterministic_algorithms(True)`` (``train.deterministic``) the winners are instead
+summed per destination row in a fixed order (a stable sort by row, then one sequential sum per
+row), so the gradients are bitwise the same from run to run on every device.
 
 The result equals ``spatial_maxsim(F.relu(F.linear(F.normalize(P), W, bias)), A~, mask)`` (the
 chunk's projection runs F.normalize's own ops, then F.linear and F.relu), ties included.
@@ -135,6 +138,31 @@ def _projected_backward_op(
         return _projected_backward(grad, index, patches, weight, bias, words, normalize, chunk_frames)
 
 
+def add_rows(out: Tensor, rows: Tensor, values: Tensor) -> None:
+    """``out[rows[i]] += values[i]`` for every i. ``index_add_`` is the fast way, but on CUDA it
+    adds with atomics, whose order (and so the rounding) changes from run to run; with
+    deterministic algorithms requested the rows are summed in a fixed order instead."""
+    if torch.are_deterministic_algorithms_enabled():
+        segment_add_rows(out, rows, values)
+    else:
+        index_add_rows(out, rows, values)
+
+
+def index_add_rows(out: Tensor, rows: Tensor, values: Tensor) -> None:
+    out.index_add_(0, rows, values)
+
+
+def segment_add_rows(out: Tensor, rows: Tensor, values: Tensor) -> None:
+    """``out[r] += (sum of values[i] with rows[i] == r, in the order of i)``: a stable sort by row
+    and one sequential sum per row (``segment_reduce``), the same order on every device and run.
+    No host synchronisation: the segments are found with ``searchsorted`` into fixed sizes."""
+    order = torch.argsort(rows, stable=True)
+    sorted_rows = rows[order]
+    bounds = torch.arange(out.shape[0] + 1, device=rows.device, dtype=sorted_rows.dtype)
+    offsets = torch.searchsorted(sorted_rows, bounds)
+    out += torch.segment_reduce(values[order], "sum", offsets=offsets, axis=0, unsafe=True)
+
+
 def _projected_backward(grad, index, patches, weight, bias, words, normalize, chunk_frames):
     B, T, Np, D = patches.shape
     C, Nw, _ = words.shape
@@ -168,9 +196,11 @@ def _projected_backward(grad, index, patches, weight, bias, words, normalize, ch
             k, l = idx // Nw, idx % Nw  # winning patch and word per (class, frame of the chunk)
             frame_rows = (frame_starts[:, :n] + k).reshape(-1)
             word_rows = (classes[c0:c1] * Nw + l).reshape(-1)
-            d_projected.index_add_(0, frame_rows, (g * words_by_row[word_rows].view(c1 - c0, n, D).to(acc)).view(-1, D))
-            grad_words.view(C * Nw, D).index_add_(
-                0, word_rows, (g * projected_rows[frame_rows].view(c1 - c0, n, D).to(acc)).view(-1, D)
+            add_rows(d_projected, frame_rows, (g * words_by_row[word_rows].view(c1 - c0, n, D).to(acc)).view(-1, D))
+            add_rows(
+                grad_words.view(C * Nw, D)[c0 * Nw : c1 * Nw],
+                word_rows - c0 * Nw,
+                (g * projected_rows[frame_rows].view(c1 - c0, n, D).to(acc)).view(-1, D),
             )
         # Through the ReLU (the gradient passes where the output is positive) and the linear map.
         d_pre = d_projected.mul_(projected_rows > 0)
