@@ -80,6 +80,84 @@ def test_class_without_valid_word_is_an_error_naming_it():
         module.similarity(frames, patches, words, mask, class_emb)
 
 
+def _count_mask_reads(monkeypatch):
+    """Count the reads of a mask's values (the host synchronisation of the word-mask check)."""
+    from stzsar.ops import dispatch
+
+    reads = []
+    real = dispatch._first_class_without_word
+
+    def spy(mask):
+        reads.append(tuple(mask.shape))
+        return real(mask)
+
+    monkeypatch.setattr(dispatch, "_first_class_without_word", spy)
+    return reads
+
+
+@pytest.mark.parametrize("fused", [True, False])
+def test_word_mask_is_read_once_per_mask(monkeypatch, fused):
+    """The first forward with a mask reads it once (not once per op); later forwards, and class
+    chunks sliced from it, do not read it again; an in-place change makes it read again."""
+    reads = _count_mask_reads(monkeypatch)
+    frames, patches, words, mask, class_emb = _inputs(C=5)
+    module = _module(frames.shape[-1], fused=fused)
+    first = module.similarity(frames, patches, words, mask, class_emb)
+    assert reads == [(5, 4)]
+    again = module.similarity(frames, patches, words, mask, class_emb)
+    torch.testing.assert_close(again, first, rtol=0, atol=0)
+    module.similarity(frames, patches, words[1:4], mask[1:4], class_emb[1:4])  # a class chunk
+    module(frames, patches, words, mask)
+    assert reads == [(5, 4)]
+    mask[3, 1:] = False  # in place: still valid, but read again
+    module.similarity(frames, patches, words, mask, class_emb)
+    assert reads == [(5, 4), (5, 4)]
+    mask[3] = False
+    with pytest.raises(ValueError, match="class 3 has no valid word"):
+        module.similarity(frames, patches, words, mask, class_emb)
+    with pytest.raises(ValueError, match="class 2 has no valid word"):  # class 3 of the mask
+        module.similarity(frames, patches, words[1:], mask[1:], class_emb[1:])
+
+
+def test_masks_made_of_checked_rows_need_no_read(monkeypatch):
+    """``mark_word_mask_checked``: rows selected from a checked mask (a bank's ``select``) are
+    valid without reading them; rows of an unchecked mask are still read, and an invalid mask
+    still raises."""
+    from stzsar.ops.dispatch import mark_word_mask_checked
+
+    reads = _count_mask_reads(monkeypatch)
+    frames, patches, words, mask, class_emb = _inputs(C=5)
+    module = _module(frames.shape[-1])
+    module.similarity(frames, patches, words, mask, class_emb)
+    labels = torch.tensor([4, 0, 4])
+    selected = mask[labels]
+    mark_word_mask_checked(selected, rows_of=mask)
+    module.similarity(frames, patches, words[labels], selected, class_emb[labels])
+    assert len(reads) == 1
+    unchecked = torch.ones(3, 4, dtype=torch.bool)
+    unchecked[1] = False
+    chosen = unchecked[torch.tensor([2, 1, 0])]
+    mark_word_mask_checked(chosen, rows_of=unchecked)  # nothing is known about its source
+    with pytest.raises(ValueError, match="class 1 has no valid word"):
+        module.similarity(frames, patches, words[:3], chosen, class_emb[:3])
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="host synchronisations exist only with a GPU")
+def test_forward_with_a_checked_mask_does_not_synchronise():
+    """On CUDA tensors, once the mask has been checked, the module's forward makes no host sync
+    (``torch.cuda.set_sync_debug_mode("error")`` raises on any)."""
+    frames, patches, words, mask, class_emb = (t.cuda() for t in _inputs(C=5, dtype=torch.float32))
+    module = _module(frames.shape[-1], dtype=torch.float32).cuda()
+    with torch.no_grad():
+        module.similarity(frames, patches, words, mask, class_emb)
+        torch.cuda.synchronize()
+        torch.cuda.set_sync_debug_mode("error")
+        try:
+            module.similarity(frames, patches, words, mask, class_emb)
+        finally:
+            torch.cuda.set_sync_debug_mode("default")
+
+
 def test_bad_shapes_raise_clear_errors():
     frames, patches, words, mask, class_emb = _inputs()
     module = _module(frames.shape[-1])

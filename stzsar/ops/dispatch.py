@@ -40,6 +40,7 @@ __all__ = [
     "check_maxsim_inputs",
     "check_same_device",
     "check_word_mask",
+    "mark_word_mask_checked",
     "no_autocast",
     "output_dtype",
     "probe",
@@ -293,10 +294,65 @@ def check_maxsim_inputs(patches: Tensor, words: Tensor, word_mask: Tensor) -> No
             raise TypeError(f"{name} must be float32, float16 or bfloat16, got {tensor.dtype}")
 
 
+# The word-mask check reads the mask's values: on a GPU that is a host synchronisation. A mask
+# belongs to a class bank that changes once per class list, so the check runs once per mask
+# tensor (again only after an in-place change: the key holds the version counter) and is
+# remembered on the tensor itself; row slices of a checked mask (the class chunks of an
+# evaluation) and masks marked by ``mark_word_mask_checked`` need no check of their own.
+_CHECKED = "_stzsar_word_mask_checked"
+
+
+def _check_key(mask: Tensor) -> Optional[tuple]:
+    if mask.is_inference():
+        return None  # no version counter: an in-place change could not be seen, so never cached
+    return (mask._version, mask.data_ptr(), tuple(mask.shape), mask.stride(), mask.device)
+
+
+def _marked(mask: Tensor) -> bool:
+    key = _check_key(mask)
+    return key is not None and getattr(mask, _CHECKED, None) == key
+
+
+def word_mask_checked(word_mask: Tensor) -> bool:
+    """Whether ``word_mask`` is known to give every class a valid word without reading it: it was
+    checked (or marked) as it is now, or it is a row slice of such a mask."""
+    if _marked(word_mask):
+        return True
+    base = word_mask._base
+    return (
+        base is not None
+        and word_mask.dim() == 2
+        and base.dim() == 2
+        and word_mask.shape[1] == base.shape[1]
+        and word_mask.stride() == base.stride()  # whole rows of the base, in order
+        and _marked(base)
+    )
+
+
+def mark_word_mask_checked(word_mask: Tensor, rows_of: Tensor) -> None:
+    """Record that ``word_mask`` needs no check when its rows are rows of the checked mask
+    ``rows_of`` (a bank's ``select`` or ``to``); does nothing when ``rows_of`` is not checked."""
+    key = _check_key(word_mask)
+    if key is not None and word_mask_checked(rows_of):
+        setattr(word_mask, _CHECKED, key)
+
+
+def _first_class_without_word(word_mask: Tensor) -> Optional[int]:
+    """The first class with no valid word, or None (reads the mask: a sync on a GPU)."""
+    empty = (~word_mask.any(dim=1)).nonzero()
+    return int(empty[0, 0]) if empty.numel() else None
+
+
 def check_word_mask(word_mask: Tensor) -> None:
-    """Raise ``ValueError`` naming the first class that has no valid word (eager mode only)."""
+    """Raise ``ValueError`` naming the first class that has no valid word (eager mode only). Once
+    per mask tensor: see :func:`word_mask_checked`."""
     if torch.compiler.is_compiling() or word_mask.device.type == "meta":
         return  # the check needs the mask's values (FLOP counting on meta has none)
-    empty = (~word_mask.any(dim=1)).nonzero()
-    if empty.numel():
-        raise ValueError(f"class {int(empty[0, 0])} has no valid word in word_mask")
+    if word_mask_checked(word_mask):
+        return
+    empty = _first_class_without_word(word_mask)
+    if empty is not None:
+        raise ValueError(f"class {empty} has no valid word in word_mask")
+    key = _check_key(word_mask)
+    if key is not None:
+        setattr(word_mask, _CHECKED, key)
