@@ -82,7 +82,7 @@ def _views(text: str):
 def add_model_arguments(parser: argparse.ArgumentParser, checkpoint_required: bool = True) -> None:
     """Options shared by ``eval``, ``predict`` and ``explain``."""
     parser.add_argument("--checkpoint", required=checkpoint_required, metavar="CKPT",
-                        help="checkpoint written by stzsar train")
+                        help="checkpoint written by stzsar train: a file, or a run folder (its latest checkpoint)")
     parser.add_argument("--pretrained", metavar="TAG_OR_FILE",
                         help="CLIP weights for a checkpoint that stores only the trained weights, when the "
                              "reference it records cannot be reached here (e.g. a local ViT-B-16 file)")
@@ -199,7 +199,7 @@ def run_eval(args: argparse.Namespace) -> int:
     from stzsar.config import ConfigError, load_config
     from stzsar.data.errors import VideoDecodeError
     from stzsar.model import PretrainedWeightsUnavailable
-    from stzsar.train.checkpoint import CheckpointError
+    from stzsar.train.checkpoint import CheckpointError, locate_checkpoint
     from stzsar.eval.bank_cache import BankCache
     from stzsar.eval.distributed import init_distributed
     from stzsar.eval.engine import EvalSettings, resolve_device
@@ -279,6 +279,7 @@ def run_eval(args: argparse.Namespace) -> int:
             compile=args.compile,
         )
         device = resolve_device(settings.device, context)
+        args.checkpoint = str(locate_checkpoint(args.checkpoint))  # a run folder: the file read, hashed, reported
         model, meta = load_checkpoint_model(args.checkpoint, device=device, pretrained=args.pretrained)
         num_frames = resolve_num_frames(args.num_frames, meta)
         spec = clip_spec(model, num_frames, *views)

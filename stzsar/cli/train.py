@@ -48,10 +48,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 def _config_of_run(resume: str, overrides):
     """The configuration a resumed run was started with (its checkpoint holds it), plus overrides."""
     from stzsar.config import ConfigError, apply_overrides, config_from_dict, validate_config
-    from stzsar.train.checkpoint import CheckpointError, read_checkpoint, resolve_resume
+    from stzsar.train.checkpoint import CheckpointError, locate_checkpoint, read_checkpoint
 
     try:
-        path = resolve_resume(resume)
+        path = locate_checkpoint(resume)
         stored = read_checkpoint(path).get("config")
     except CheckpointError as error:
         raise ConfigError(str(error)) from None

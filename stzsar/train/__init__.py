@@ -14,6 +14,7 @@ _LAZY = {
     "TrainingInterrupted": ("stzsar.train.trainer", "TrainingInterrupted"),
     "save_checkpoint": ("stzsar.train.checkpoint", "save_checkpoint"),
     "load_model_from_checkpoint": ("stzsar.train.checkpoint", "load_model_from_checkpoint"),
+    "locate_checkpoint": ("stzsar.train.checkpoint", "locate_checkpoint"),
     "CheckpointError": ("stzsar.train.checkpoint", "CheckpointError"),
 }
 

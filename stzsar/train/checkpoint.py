@@ -30,6 +30,9 @@ be reached).
 
 Writes go to a temporary file in the same folder, are flushed to disk, then renamed over the
 target with :func:`os.replace`, so a reader never sees half a file, even if the writer is killed.
+
+Every reader takes a file or a folder (a run folder or its ``checkpoints/``: its latest
+checkpoint), by one rule: :func:`locate_checkpoint`.
 """
 
 from __future__ import annotations
@@ -195,10 +198,9 @@ def save_checkpoint(
 
 
 def read_checkpoint(path: PathLike, map_location: Union[str, torch.device] = "cpu") -> Dict[str, Any]:
-    """The raw checkpoint dictionary, checked for the stzsar format."""
-    path = Path(path)
-    if not path.is_file():
-        raise CheckpointError(f"checkpoint not found: {path}")
+    """The raw checkpoint dictionary, checked for the stzsar format (``path``: a file or a run
+    folder, see :func:`locate_checkpoint`)."""
+    path = locate_checkpoint(path)
     try:
         # Tensors and plain data only; NumPy's array rebuild for the RNG state of older files.
         with torch.serialization.safe_globals(_first_layout_globals()):
@@ -271,7 +273,8 @@ def load_model_from_checkpoint(
     """Rebuild the model a checkpoint was saved from and load its weights.
 
     Args:
-        path: a checkpoint written by :func:`save_checkpoint`.
+        path: a checkpoint written by :func:`save_checkpoint`, or a run folder (its latest
+            checkpoint; see :func:`locate_checkpoint`).
         device: where the model goes.
         pretrained: for trainable-only checkpoints, where the CLIP weights come from (an open_clip
             tag or a local file) when the stored reference cannot be used here.
@@ -283,6 +286,7 @@ def load_model_from_checkpoint(
     """
     from stzsar.model import ModelConfig, build_model_from_config, upgrade_model_keys
 
+    path = locate_checkpoint(path)
     payload = read_checkpoint(path)
     known = {f.name for f in dataclasses.fields(ModelConfig)}
     stored = upgrade_model_keys(payload["model_config"])
@@ -359,13 +363,26 @@ class CheckpointManager:
         return path
 
 
-def resolve_resume(resume: PathLike) -> Path:
-    """A checkpoint file from ``--resume``: a file, a run folder or its ``checkpoints`` folder."""
-    path = Path(resume)
+def locate_checkpoint(checkpoint: PathLike) -> Path:
+    """The checkpoint file ``checkpoint`` names: a file, or a folder's latest checkpoint.
+
+    The one rule for every place a checkpoint is read (``--checkpoint`` of ``stzsar eval``,
+    ``predict`` and ``explain``, ``stzsar train --resume``, :func:`read_checkpoint`,
+    :func:`load_model_from_checkpoint`): a file is itself; a folder is a run folder (its
+    ``checkpoints/``) or a checkpoints folder, whose ``latest`` pointer, else its highest
+    ``step_*.pt``, is the checkpoint. Errors name the path exactly as given.
+    """
+    given = os.fspath(checkpoint)
+    path = Path(given)
     if path.is_file():
         return path
-    for folder in (path / "checkpoints", path):
-        latest = CheckpointManager(folder).latest() if folder.is_dir() else None
-        if latest is not None:
-            return latest
-    raise CheckpointError(f"--resume {resume}: no checkpoint file there (looked for step_*.pt)")
+    if path.is_dir():
+        for folder in (path / "checkpoints", path):
+            latest = CheckpointManager(folder).latest() if folder.is_dir() else None
+            if latest is not None:
+                return latest
+        raise CheckpointError(
+            f"no checkpoint in the folder {given}: expected step_*.pt files in it or in its "
+            f"checkpoints/ folder (as stzsar train writes them), or give a checkpoint file"
+        )
+    raise CheckpointError(f"checkpoint not found: {given}")

@@ -51,8 +51,8 @@ from stzsar.train.checkpoint import (
     CheckpointManager,
     capture_rng_state,
     load_weights,
+    locate_checkpoint,
     read_checkpoint,
-    resolve_resume,
     restore_rng_state,
     save_checkpoint,
     unwrap_model,
@@ -464,7 +464,7 @@ class Trainer:
         self.history: List[Dict[str, float]] = []
         self.skipped: Dict[int, Any] = {}
         if resume is not None:
-            self._resume(resolve_resume(resume))
+            self._resume(locate_checkpoint(resume))
         self.log = MetricsLogger(self.run_dir if self.dist.is_main else None, cfg_train.tensorboard)
         if self.dist.is_main:
             save_config(config, self.run_dir / "config.yaml")
