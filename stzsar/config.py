@@ -110,6 +110,8 @@ class DataSection:
         num_workers: DataLoader worker processes per rank (default: the CPU cores this process may
             use, at most 8).
         strict: raise on a bad video instead of skipping it (skips are logged and counted).
+        max_unreadable: share of the training split that may be unreadable (skipped) before
+            training stops; a micro-batch with no readable video stops it regardless.
         shots: videos per class for a few-shot subset (``null``: all).
     """
 
@@ -130,6 +132,7 @@ class DataSection:
     decoder: str = "auto"
     num_workers: int = field(default_factory=lambda: default_num_workers())
     strict: bool = False
+    max_unreadable: float = 0.01
     shots: Optional[int] = None
 
 
@@ -512,6 +515,8 @@ def validate_config(config: Config) -> None:
         raise ConfigError(f"train.max_steps must be positive or null, got {config.train.max_steps}")
     if not 0.0 <= config.data.hflip <= 1.0:
         raise ConfigError(f"data.hflip is a probability, got {config.data.hflip}")
+    if not 0.0 <= config.data.max_unreadable <= 1.0:
+        raise ConfigError(f"data.max_unreadable is a share of the split in [0, 1], got {config.data.max_unreadable}")
     if config.eval.num_crops not in (1, 3):
         raise ConfigError(f"eval.num_crops must be 1 or 3, got {config.eval.num_crops}")
     if "{}" not in config.model.template:

@@ -15,6 +15,10 @@ Examples::
 Ctrl-C stops after the optimizer step in flight, writes a checkpoint of it and prints the
 ``--resume`` command that continues the run (exit status 130); a second Ctrl-C stops at once.
 
+A run whose videos cannot be read stops with exit status 1, naming how many, the first paths and
+the likely cause: a micro-batch without a readable video, or more unreadable videos than
+``data.max_unreadable`` (a share of the split, default 0.01) allows.
+
 Settings come from the defaults, then ``--config FILE``, then ``--set section.key=value``
 overrides (e.g. ``--set optim.lr=1e-4 --set train.epochs=10``); the resolved configuration is
 saved as ``<train.output_dir>/config.yaml``.
@@ -88,7 +92,7 @@ def run_train(args: argparse.Namespace) -> int:
 
     from stzsar.model import PretrainedWeightsUnavailable
     from stzsar.train.checkpoint import CheckpointError
-    from stzsar.train.trainer import NonFiniteLossError, TrainingInterrupted, train
+    from stzsar.train.trainer import NonFiniteLossError, TrainingInterrupted, UnreadableDataError, train
 
     try:
         result = train(config, resume=args.resume)
@@ -102,6 +106,10 @@ def run_train(args: argparse.Namespace) -> int:
     except NonFiniteLossError as error:
         print(f"stzsar train: stopped: {error}", file=sys.stderr)
         return 3
+    except UnreadableDataError as error:
+        if int(os.environ.get("RANK", "0")) == 0:
+            print(f"stzsar train: stopped: {error}", file=sys.stderr)
+        return 1
     except (CheckpointError, PretrainedWeightsUnavailable, FileNotFoundError, ValueError) as error:
         print(f"stzsar train: {error}", file=sys.stderr)
         return 2

@@ -12,6 +12,7 @@ _LAZY = {
     "TrainResult": ("stzsar.train.trainer", "TrainResult"),
     "NonFiniteLossError": ("stzsar.train.trainer", "NonFiniteLossError"),
     "TrainingInterrupted": ("stzsar.train.trainer", "TrainingInterrupted"),
+    "UnreadableDataError": ("stzsar.train.trainer", "UnreadableDataError"),
     "save_checkpoint": ("stzsar.train.checkpoint", "save_checkpoint"),
     "load_model_from_checkpoint": ("stzsar.train.checkpoint", "load_model_from_checkpoint"),
     "locate_checkpoint": ("stzsar.train.checkpoint", "locate_checkpoint"),

@@ -87,6 +87,21 @@ class NonFiniteLossError(FloatingPointError):
         )
 
 
+class UnreadableDataError(RuntimeError):
+    """Training stopped because its videos could not be read: a micro-batch with no readable
+    video, or more than ``data.max_unreadable`` of the split unreadable. Raised before the step
+    that would have used them updates anything (no optimizer or schedule step, no checkpoint).
+
+    Attributes: ``videos`` (the unreadable :class:`stzsar.data.SkippedVideo` records the message
+    counts), ``total`` (videos in the split), ``step`` (optimizer steps done)."""
+
+    def __init__(self, message: str, videos: Sequence[Any], total: int, step: int):
+        self.videos = list(videos)
+        self.total = total
+        self.step = step
+        super().__init__(message)
+
+
 class TrainingInterrupted(KeyboardInterrupt):
     """Training stopped on Ctrl-C (SIGINT) at an optimizer-step boundary, its state checkpointed.
 
@@ -390,6 +405,8 @@ class Trainer:
         elif type(dataset).__name__ == "VideoSplit":
             dataset = split_dataset(dataset, config, model.image_size)
         self.dataset = dataset
+        split = getattr(dataset, "split", None)
+        self.data_root = getattr(split, "root", None) or config.data.root  # named when videos are unreadable
         if class_names is None:
             class_names = getattr(dataset, "classes", None)
             if class_names is None:
@@ -529,6 +546,11 @@ class Trainer:
         self.epoch = int(payload["epoch"])
         self.last_checkpoint = Path(path)
         self.micro_in_epoch = int(extra.get("micro_in_epoch", 0))
+        from stzsar.data import SkippedVideo
+
+        for record in extra.get("skipped_videos", []):
+            if isinstance(record, dict) and {"index", "path", "reason"} <= set(record):
+                self.skipped[record["index"]] = SkippedVideo(record["index"], record["path"], record["reason"])
         rng = payload.get("rng") or []
         if rng:
             if len(rng) != self.dist.world_size:
@@ -591,7 +613,9 @@ class Trainer:
                         saved_at = self._stop_interrupted(saved_at)
                     step_start = self.micro_in_epoch
                     try:
-                        loss_value, clips, grad_norm = self._train_step(batches, accum)
+                        outcome = self._train_step(batches, accum)
+                    except (UnreadableDataError, NonFiniteLossError):
+                        raise
                     except Exception:
                         # Ctrl-C also reaches the DataLoader workers, which then exit: the step in
                         # flight is dropped (no optimizer update happened yet) and the run stops.
@@ -600,6 +624,18 @@ class Trainer:
                         self.micro_in_epoch = step_start
                         self.optimizer.zero_grad(set_to_none=True)
                         saved_at = self._stop_interrupted(saved_at)
+                    if outcome is None:
+                        # Every micro-batch lost all videos of some rank: nothing was learnt, so the
+                        # step count, the schedule and the checkpoints stay where they were.
+                        if self.dist.is_main:
+                            self.log.event(self.step, event="step without data", epoch=self.epoch,
+                                           micro_batches=accum)
+                        if self.micro_in_epoch >= self.steps_per_epoch * accum:
+                            self.epoch += 1
+                            self.micro_in_epoch = 0
+                            break
+                        continue
+                    loss_value, clips, grad_norm = outcome
                     self.step += 1
                     lr = self.optimizer.param_groups[0]["lr"]
                     rate = throughput.update(clips)
@@ -650,22 +686,59 @@ class Trainer:
         raise TrainingInterrupted(self.step, self.epoch, self.run_dir,
                                   self.last_checkpoint if self.save_checkpoints else None)
 
+    def _record_skipped(self, skipped: Sequence[Any], readable: int) -> None:
+        """Record a micro-batch's unreadable videos (every rank's), log new ones once (rank 0),
+        and stop the run (:class:`UnreadableDataError`) when the global micro-batch has no
+        readable video (``readable``) or the split's unreadable share passes the limit."""
+        records = list(skipped)
+        if self.dist.distributed and dist_utils.any_rank(bool(records), self.device):
+            # Every rank keeps the whole set: the share is over the split, not one rank's part.
+            records = [record for part in dist_utils.all_gather_object(records) for record in part]
+        for record in records:
+            index = getattr(record, "index", None)
+            key = index if index is not None else getattr(record, "path", None)
+            if key not in self.skipped:
+                self.skipped[key] = record
+                if self.dist.is_main:
+                    logger.warning("skipping video %s (%s): %s", index, getattr(record, "path", "?"),
+                                   getattr(record, "reason", "?"))
+        total = len(self.dataset)
+        allowed = self.config.data.max_unreadable
+        if readable == 0:
+            headline = (f"no video of micro-batch {self.micro_in_epoch - 1} (epoch {self.epoch}) could be "
+                        f"read; {len(self.skipped)} of the {total} training videos are unreadable so far")
+            shown = records
+        elif len(self.skipped) > allowed * total:
+            headline = (f"{len(self.skipped)} of the {total} training videos could not be read "
+                        f"({len(self.skipped) / total:.1%}; data.max_unreadable allows {allowed:.1%}: raise it to "
+                        f"train without them)")
+            shown = list(self.skipped.values())
+        else:
+            return
+        from stzsar.data.unreadable import unreadable_message
+
+        message = unreadable_message(
+            f"{headline}. Training stopped after {self.step} optimizer step(s); the step that needed "
+            f"these videos changed nothing and wrote no checkpoint.",
+            [(str(getattr(r, "path", "?")), str(getattr(r, "reason", "?"))) for r in shown],
+            self.data_root,
+        )
+        if self.dist.is_main:
+            self.log.event(self.step, event="unreadable", videos=len(self.skipped), total=total)
+        raise UnreadableDataError(message, shown, total, self.step)
+
     def _train_step(self, batches, accum: int):
-        """One optimizer step over ``accum`` micro-batches; returns (loss, clips, grad norm)."""
+        """One optimizer step over ``accum`` micro-batches; returns (loss, clips, grad norm), or
+        ``None`` when no micro-batch had videos on every rank (then nothing was updated)."""
         total_loss, clips = 0.0, 0
         synced = False
         forward = self.forward_module
         for micro in range(accum):
             batch = next(batches)
             self.micro_in_epoch += 1
-            for item in batch["skipped"]:
-                index = getattr(item, "index", None)
-                if index not in self.skipped:
-                    self.skipped[index] = item
-                    logger.warning("skipping video %s (%s): %s", index, getattr(item, "path", "?"),
-                                   getattr(item, "reason", "?"))
             labels = batch["label"].to(self.device)
             sizes = gather_sizes(labels.shape[0], self.device)
+            self._record_skipped(batch["skipped"], int(sizes.sum()))
             if int(sizes.min()) == 0:
                 # A rank has no video (all skipped): every rank skips this micro-batch.
                 continue
@@ -684,6 +757,9 @@ class Trainer:
             synced = synced or last
             total_loss += float(loss.detach())
             clips += int(result.sizes.sum())
+        if clips == 0:
+            self.optimizer.zero_grad(set_to_none=True)
+            return None
         if self.ddp is not None and not synced:
             self._sync_gradients_manually()
         if self.scaler is not None:
