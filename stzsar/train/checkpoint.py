@@ -239,6 +239,26 @@ def _unsafe_globals(path: Path) -> List[str]:
         return []
 
 
+#: ModelConfig fields that decide which weights exist and their shapes.
+ARCHITECTURE_FIELDS = ("name", "temporal_layers", "frozen_blocks", "image_size")
+
+
+def architecture_mismatch(stored: Optional[Dict[str, Any]], model_config: Any) -> List[str]:
+    """``"model.<field>=<checkpoint's> (checkpoint) vs <model's>"`` for each architecture field in
+    which a checkpoint's ``model_config`` and a model's configuration differ. Unset optional
+    fields (``None``: the model's default) are compared only when both are set."""
+    if not stored or model_config is None:
+        return []
+    found = []
+    for name in ARCHITECTURE_FIELDS:
+        theirs, ours = stored.get(name), getattr(model_config, name, None)
+        if name != "name" and (theirs is None or ours is None):
+            continue
+        if theirs != ours:
+            found.append(f"model.{name}={theirs} in the checkpoint, {ours} here")
+    return found
+
+
 def load_weights(model: nn.Module, payload: Dict[str, Any], source: str = "<checkpoint>") -> None:
     """Load the checkpoint's weights into ``model``, checking that nothing is missing or left over.
 
@@ -254,14 +274,19 @@ def load_weights(model: nn.Module, payload: Dict[str, Any], source: str = "<chec
     else:
         trainable = {name for name, p in plain.named_parameters() if p.requires_grad}
         missing = sorted(trainable - set(state))
+    # Another model (size, layers) is the usual cause of weights that do not fit: say that first.
+    differences = architecture_mismatch(payload.get("model_config"), getattr(plain, "config", None))
+    cause = f"another model ({'; '.join(differences)}): " if differences else ""
     if unexpected or missing:
         raise CheckpointError(
-            f"{source}: weights do not fit the model: missing {missing[:5]}{' ...' if len(missing) > 5 else ''}, "
+            f"{source}: {cause}weights do not fit the model: missing {missing[:5]}{' ...' if len(missing) > 5 else ''}, "
             f"unexpected {unexpected[:5]}{' ...' if len(unexpected) > 5 else ''}"
         )
     for key, value in state.items():
         if own[key].shape != value.shape:
-            raise CheckpointError(f"{source}: {key} has shape {tuple(value.shape)}, the model {tuple(own[key].shape)}")
+            raise CheckpointError(
+                f"{source}: {cause}{key} has shape {tuple(value.shape)}, the model {tuple(own[key].shape)}"
+            )
     plain.load_state_dict(state, strict=payload.get("weights") == "full")
 
 

@@ -48,7 +48,9 @@ from torch.utils.data import DataLoader
 from stzsar.config import Config, save_config, validate_config
 from stzsar.train import distributed as dist_utils
 from stzsar.train.checkpoint import (
+    CheckpointError,
     CheckpointManager,
+    architecture_mismatch,
     capture_rng_state,
     load_weights,
     locate_checkpoint,
@@ -528,6 +530,15 @@ class Trainer:
 
     def _resume(self, path: Path) -> None:
         payload = read_checkpoint(path, map_location="cpu")
+        differences = architecture_mismatch(payload.get("model_config"), getattr(self.model, "config", None))
+        if differences:
+            stored = payload["model_config"]
+            raise CheckpointError(
+                f"{path}: the checkpoint holds another model than this run's configuration asks for "
+                f"({'; '.join(differences)}): resume with the checkpoint's own configuration "
+                f"(stzsar train --resume without --config, or --set model.name={stored.get('name')} and the "
+                f"other values named), or start a new run in another train.output_dir"
+            )
         load_weights(self.model, payload, source=str(path))
         if payload.get("optimizer") is None or payload.get("scheduler") is None:
             raise RuntimeError(f"{path}: holds no optimizer/scheduler state; it cannot resume a run")
