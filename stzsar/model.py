@@ -19,7 +19,7 @@ import urllib.parse
 import urllib.request
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Dict, List, Mapping, Optional, Sequence, Union
+from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple, Union
 
 import torch
 from torch import Tensor, nn
@@ -310,6 +310,46 @@ class STZSARModel(nn.Module):
         size = self.video.visual.image_size
         return size[0] if isinstance(size, (tuple, list)) else int(size)
 
+    @property
+    def image_mean(self) -> Tuple[float, float, float]:
+        """Per-channel mean of the input normalisation (RGB, on [0, 1] pixels): the one open_clip
+        records for these weights (OpenAI CLIP's when it records none)."""
+        from open_clip.constants import OPENAI_DATASET_MEAN
+
+        return tuple(float(v) for v in (getattr(self.video.visual, "image_mean", None) or OPENAI_DATASET_MEAN))
+
+    @property
+    def image_std(self) -> Tuple[float, float, float]:
+        """Per-channel standard deviation of the input normalisation (see :attr:`image_mean`)."""
+        from open_clip.constants import OPENAI_DATASET_STD
+
+        return tuple(float(v) for v in (getattr(self.video.visual, "image_std", None) or OPENAI_DATASET_STD))
+
+    def check_input(self, video: Tensor) -> None:
+        """Raise a clear error unless ``video`` has the shape and type :meth:`forward` takes (the
+        encoder would otherwise fail deep inside on a size mismatch)."""
+        size = self.image_size
+        expected = f"[B, T, 3, {size}, {size}]"
+        how = ("stzsar.video_input(path_or_frames, model, num_frames) makes it from a video file or "
+               "from frames in memory")
+        if not isinstance(video, Tensor):
+            raise TypeError(f"the model's input must be a tensor {expected}, got {type(video).__name__}; {how}")
+        shape = list(video.shape)
+        if video.dim() != 5 or shape[2] != 3 or shape[-2:] != [size, size] or 0 in shape[:2]:
+            hint = ""
+            if video.dim() == 4 and shape[1] == 3:
+                hint = " (one video? add the batch dimension: video.unsqueeze(0))"
+            elif video.dim() == 5 and shape[-1] == 3:
+                hint = " (channels last? the frames must be [3, H, W]: video.permute(0, 1, 4, 2, 3))"
+            elif video.dim() == 5 and shape[2] == 3 and shape[-2:] != [size, size]:
+                hint = f" (frames of {shape[-2]}x{shape[-1]}; this model takes {size}x{size})"
+            raise ValueError(
+                f"the model's input must be {expected}: B videos of T RGB frames at this model's image "
+                f"size {size}x{size}, normalised with model.image_mean and model.image_std; got "
+                f"{shape}{hint}; {how}")
+        if not video.is_floating_point():
+            raise TypeError(f"the model's input must be floating point (normalised pixels), got {video.dtype}; {how}")
+
     def encode_classes(
         self,
         class_names: Sequence[str],
@@ -323,6 +363,8 @@ class STZSARModel(nn.Module):
         return self.text([p.text for p in prompts])
 
     def encode_video(self, video: Tensor):
+        """``(frames [B, T, D], patches [B, T, Np, D])`` of ``video`` (see :meth:`forward`)."""
+        self.check_input(video)
         return self.video(video)
 
     def logits_from_features(self, frames: Tensor, patches: Tensor, bank: ClassBank) -> Tensor:
@@ -334,6 +376,21 @@ class STZSARModel(nn.Module):
         return self.logit_scale * cosine
 
     def forward(self, video: Tensor, bank: ClassBank) -> Tensor:
+        """Logits ``[B, C]`` of ``B`` videos against the ``C`` classes of ``bank``.
+
+        Args:
+            video: ``[B, T, 3, S, S]`` floating point (float32, or the model's dtype; bf16/fp16
+                under autocast): ``B`` videos of ``T`` RGB frames each (any ``T >= 1``; the
+                paper samples 16, the middle frame of ``T`` equal segments), ``S`` =
+                :attr:`image_size`, pixels scaled to [0, 1] and then normalised per channel with
+                :attr:`image_mean` and :attr:`image_std`. :func:`stzsar.video_input` makes it from
+                a video file or frames in memory; a wrong shape raises a ``ValueError`` that says
+                what is expected.
+            bank: the class texts encoded by :meth:`encode_classes`.
+
+        Returns:
+            ``logit_scale * cosine``; ``softmax(-1)`` gives class probabilities.
+        """
         frames, patches = self.encode_video(video)
         return self.logits_from_features(frames, patches, bank)
 

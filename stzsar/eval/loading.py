@@ -108,10 +108,11 @@ def resolve_num_frames(requested: Optional[int], meta: Dict[str, Any]) -> int:
 
 
 def clip_spec(model, num_frames: int, num_clips: int = 1, num_crops: int = 1):
-    """The test-time :class:`stzsar.data.spec.ClipSpec` for ``model`` (its input size)."""
-    from stzsar.data.spec import ClipSpec
+    """The test-time :class:`stzsar.data.spec.ClipSpec` for ``model`` (its input size and normalisation)."""
+    from stzsar.data.spec import CLIP_MEAN, CLIP_STD, ClipSpec
 
-    return ClipSpec(num_frames=num_frames, size=model.image_size, num_clips=num_clips, num_crops=num_crops)
+    return ClipSpec(num_frames=num_frames, size=model.image_size, num_clips=num_clips, num_crops=num_crops,
+                    mean=tuple(getattr(model, "image_mean", CLIP_MEAN)), std=tuple(getattr(model, "image_std", CLIP_STD)))
 
 
 def load_video(path: PathLike, spec) -> Tuple[torch.Tensor, int]:
