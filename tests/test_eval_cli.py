@@ -59,7 +59,7 @@ def test_zero_shot_command_writes_the_report(setup, tmp_path, capsys):
             "--root", str(setup / "videos"), "--splits", "1,2", "--num-frames", "2", "--workers", "0",
             "--batch-size", "2", "--device", "cpu", "--no-progress", "--attributes", str(setup / "attributes.json"),
             "--cache-dir", str(tmp_path / "cache"), "--dataset", "hmdb51", "--out", str(out)]
-    assert main(args) == 0
+    assert main(args + ["--allow-unscored", "0.4"]) == 0  # split 2: 2 of 5 videos unusable
     printed = capsys.readouterr().out
     assert "| split 1 |" in printed and "mean ± std" in printed
     report = json.loads((out / "report.json").read_text())
@@ -75,7 +75,9 @@ def test_zero_shot_command_writes_the_report(setup, tmp_path, capsys):
     assert report["paper"]["top1"] == 52.7
     assert len(list((tmp_path / "cache").glob("*.pt"))) == 1  # one class list, cached once
     markdown = (out / "report.md").read_text()
-    assert "2 video(s) could not be read and were skipped" in markdown
+    assert "2 video(s) could not be read and were skipped** (--allow-unscored 40%)" in markdown
+    assert "| split 1 | " in markdown and " | 3 of 3 | 0 |" in markdown and " | 3 of 5 | 2 |" in markdown
+    assert result["videos_listed"] == 5
 
 
 def test_bad_arguments_are_explained(setup, capsys):
@@ -87,6 +89,63 @@ def test_bad_arguments_are_explained(setup, capsys):
                         "--splits", "1,2,3"]) == 2
     assert "no '{split}' placeholder" in capsys.readouterr().err
     assert main(base + ["--protocol", "supervised", "--list", str(setup / "list_1.txt"), "--splits", "1,2"]) == 2
+
+
+def eval_args(setup, list_path, out, root=None):
+    return ["eval", "--protocol", "zero-shot", "--checkpoint", str(setup / "tiny.pt"), "--list", str(list_path),
+            "--labels", str(setup / "labels.csv"), "--root", str(root or setup / "videos"), "--splits", "1",
+            "--num-frames", "2", "--workers", "0", "--device", "cpu", "--no-progress", "--no-cache",
+            "--out", str(out)]
+
+
+def test_missing_videos_fail_the_run_before_scoring(setup, tmp_path, capsys):
+    out = tmp_path / "r"
+    assert main(eval_args(setup, setup / "list_2.txt", out)) == 1
+    err = capsys.readouterr().err
+    # list_2.txt lists 5 videos, gone.mp4 is not on disk
+    assert "split 1: 1 of 5 listed videos are missing (20%; --allow-unscored allows 0%):" in err
+    assert f"{setup / 'videos' / 'gone.mp4'}: file not found" in err
+    assert "likely cause: most listed files are not" not in err and "likely cause:" in err
+    assert not (out / "report.json").exists()
+
+
+def test_a_wrong_root_fails_with_the_count_the_first_paths_and_the_cause(setup, tmp_path, capsys):
+    for root, cause in ((tmp_path / "nowhere", f"--root {tmp_path / 'nowhere'} is not a folder"),
+                        (tmp_path, f"these files are not under --root {tmp_path}: a wrong root")):
+        assert main(eval_args(setup, setup / "list_1.txt", tmp_path / "r", root=root)) == 1
+        err = capsys.readouterr().err
+        assert "split 1: 3 of 3 listed videos are missing (100%" in err
+        assert all(f"{root / name}: file not found" in err for name in ("v0.mp4", "v1.mp4", "v2.mp4"))
+        assert f"likely cause: {cause}" in err
+    # a share that allows it all: nothing scored is still no report to trust, but the user asked
+    assert main(eval_args(setup, setup / "list_1.txt", tmp_path / "r", root=tmp_path) + ["--allow-unscored", "1"]) == 0
+    assert " | 0 of 3 | 3 |" in (tmp_path / "r" / "report.md").read_text()
+
+
+def test_unreadable_videos_fail_the_run_after_the_report(setup, tmp_path, capsys):
+    listed = tmp_path / "list.txt"
+    listed.write_text("v0.mp4 0\nempty.mp4 1\nv1.mp4 1\nv2.mp4 2\n")
+    out = tmp_path / "r"
+    assert main(eval_args(setup, listed, out)) == 1
+    err = capsys.readouterr().err
+    assert "split 1: 1 of 4 videos could not be scored (25%; --allow-unscored allows 0%):" in err
+    assert f"{setup / 'videos' / 'empty.mp4'}: empty file" in err
+    assert "likely cause: the files exist but cannot be decoded" in err
+    report = json.loads((out / "report.json").read_text())  # written: it lists what was skipped
+    assert (report["results"]["split 1"]["videos_scored"], report["results"]["split 1"]["videos_listed"]) == (3, 4)
+    assert main(eval_args(setup, listed, out) + ["--allow-unscored", "0.2"]) == 1  # 25% > 20%
+    assert main(eval_args(setup, listed, out) + ["--allow-unscored", "25%"]) == 0  # resumed from the store
+
+
+def test_allow_unscored_takes_a_share():
+    import argparse
+
+    from stzsar.eval.unscored import parse_share
+
+    assert parse_share("0.05") == 0.05 and parse_share("5%") == pytest.approx(0.05) and parse_share("0") == 0.0
+    for bad in ("1.5", "-0.1", "five", "120%"):
+        with pytest.raises(argparse.ArgumentTypeError):
+            parse_share(bad)
 
 
 def test_one_custom_list_is_evaluated_as_one_split(setup, tmp_path, capsys):

@@ -44,7 +44,8 @@ def command(setup, out):
     return ["eval", "--protocol", "zero-shot", "--checkpoint", str(setup / "tiny.pt"),
             "--list", str(setup / "list.txt"), "--labels", str(setup / "labels.csv"), "--root",
             str(setup / "videos"), "--splits", "1", "--num-frames", "2", "--workers", "0", "--batch-size", "1",
-            "--flush-every", "1", "--device", "cpu", "--no-progress", "--no-cache", "--out", str(out)]
+            "--flush-every", "1", "--device", "cpu", "--no-progress", "--no-cache", "--out", str(out),
+            "--allow-unscored", "0.05"]  # missing.mp4: 1 of 25
 
 
 def scores(report):

@@ -30,6 +30,10 @@ Examples::
     # every report again from the stored logits (no model, no videos)
     stzsar eval report runs/eval/zero-shot-ucf101 --class-subsets 10
 
+Every listed video must be scored: a missing file stops the run before scoring, an unreadable one
+fails it after the report is written (exit status 1, with the count, the first paths and the
+likely cause); ``--allow-unscored 0.05`` accepts up to 5% of each split unscored.
+
 The per-view logits of every video go to a results store under ``--out`` as the run goes; the
 same command run again with the same ``--out`` resumes an interrupted run (``--fresh`` starts
 over).
@@ -55,6 +59,8 @@ import logging
 import sys
 from pathlib import Path
 from typing import Any, Dict, List, Optional
+
+from stzsar.eval.unscored import parse_share
 
 logger = logging.getLogger("stzsar.eval")
 
@@ -122,6 +128,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     data.add_argument("--views", type=_views, metavar="CLIPSxCROPS",
                       help="test views per video (supervised default 4x3, others 1x1)")
     data.add_argument("--strict", action="store_true", help="stop on an unreadable video instead of skipping it")
+    data.add_argument("--allow-unscored", type=parse_share, default=0.0, metavar="SHARE",
+                      help="share of a split's videos that may be missing or unreadable (skipped, listed in the "
+                           "report) without failing the run, e.g. 0.05 or 5%% (default 0: every video must be "
+                           "scored)")
     run = parser.add_argument_group("run")
     run.add_argument("--batch-size", type=int, help="videos per batch per rank (default: eval.batch_size)")
     run.add_argument("--workers", type=int, help="decoding workers per rank (default: data.num_workers)")
@@ -209,6 +219,7 @@ def run_eval(args: argparse.Namespace) -> int:
     from stzsar.eval.report import canonical_dataset, write_report
     from stzsar.eval.rebuild import add_class_subsets, save_run_file, store_root
     from stzsar.eval.store import clear_store, file_digest
+    from stzsar.eval.unscored import missing_videos, skipped_videos, unscored_message
 
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     logging.getLogger("stzsar").setLevel(logging.INFO)  # ours at INFO; open_clip's chatter stays out
@@ -299,6 +310,8 @@ def run_eval(args: argparse.Namespace) -> int:
         }
         if notes:
             run_meta["notes"] = notes
+        if args.allow_unscored:
+            run_meta["allow_unscored"] = args.allow_unscored
         # What the stored logits depend on besides the split (classes, attributes, videos) and the
         # precision (added by the engine): a resumed run must match it.
         identity = {"model": model.config.name, "checkpoint": f"sha256:{file_digest(args.checkpoint)}",
@@ -316,6 +329,14 @@ def run_eval(args: argparse.Namespace) -> int:
             check_attributes_cover(eval_split.classes, attributes, eval_split.name)
             eval_splits.append(eval_split)
             video_splits.append(video_split)
+        # Missing files fail the run before any scoring (a wrong root would otherwise go through
+        # the whole list, one warning per video, to a report over nothing).
+        problems = [unscored_message(missing_videos(s.name, v), args.allow_unscored, root, before=True)
+                    for s, v in zip(eval_splits, video_splits)]
+        if any(problems):
+            if context.is_main:
+                print("stzsar eval: " + "\n".join(p for p in problems if p), file=sys.stderr)
+            return 1
         stored = dict(store_dir=store_dir, identity=identity)
         topk = list(ceval.topk)
         if protocol != "few-shot" and context.is_main:
@@ -364,7 +385,15 @@ def run_eval(args: argparse.Namespace) -> int:
             written = write_report(run, out)
             print((out / "report.md").read_text().split("\n## ")[0].rstrip())
             print(f"\nreport: {written['markdown']} and {written['json']}")
-        # Skipped videos do not fail the command: the report counts and lists them.
+        # Skipped videos are counted and listed in the report; beyond the allowed share they fail the run.
+        problems = [unscored_message(skipped_videos(name, result), args.allow_unscored, root)
+                    for name, result in run.results.items()]
+        if any(problems):
+            if context.is_main:
+                print("stzsar eval: " + "\n".join(p for p in problems if p)
+                      + f"\nThe report ({out / 'report.md'}) lists every skipped video; --allow-unscored SHARE "
+                      "accepts a share of them, --fresh retries them after a fix.", file=sys.stderr)
+            return 1
         return 0
     except VideoDecodeError as error:  # only with --strict: otherwise bad videos are skipped
         print(f"stzsar eval: {error.path}: {error.reason} (--strict stops at the first unreadable video)",

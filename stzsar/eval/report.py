@@ -219,6 +219,7 @@ def result_dict(result: EvalResult, top_confused: int = 20) -> Dict[str, Any]:
     order = cluster_order(result.confusion)
     return {
         **{k: (_number(v) if isinstance(v, float) else v) for k, v in result.summary().items()},
+        "videos_listed": result.num_scored + result.num_skipped,
         "skipped_videos": [{"index": s.index, "path": s.path, "reason": s.reason} for s in result.skipped],
         "per_class": [
             {"class": name, "videos": int(n), "accuracy": _number(float(a))}
@@ -287,6 +288,11 @@ def _subset_markdown(run) -> List[str]:
     return lines
 
 
+def _scored(scored: int, skipped: int) -> str:
+    """``3 of 5``: the videos scored out of those listed."""
+    return f"{scored} of {scored + skipped}"
+
+
 def _fmt(value: Optional[float], std: Optional[float] = None) -> str:
     if value is None or (isinstance(value, float) and math.isnan(value)):
         return "-"
@@ -312,7 +318,8 @@ def _markdown(run, paper: Optional[Dict[str, Any]], meta: Dict[str, Any], files:
         header += " paper top-1 |"
     lines += [header, "|" + "---|" * (header.count("|") - 1)]
     for name, result in run.results.items():
-        row = f"| {name} | {_fmt(result.top1)} | {_fmt(result.top5)} | {result.num_scored} | {result.num_skipped} |"
+        row = (f"| {name} | {_fmt(result.top1)} | {_fmt(result.top5)} | {_scored(result.num_scored, result.num_skipped)} "
+               f"| {result.num_skipped} |")
         if run.protocol == "few-shot":
             k = int(name.split("=")[1]) if "=" in name else None
             value = (paper or {}).get("top1_by_k", {}).get(k)
@@ -321,7 +328,7 @@ def _markdown(run, paper: Optional[Dict[str, Any]], meta: Dict[str, Any], files:
     if run.summary is not None and len(run.results) > 1:
         s = run.summary
         lines.append(f"| **mean ± std** | **{_fmt(s.top1_mean, s.top1_std)}** | {_fmt(s.top5_mean, s.top5_std)} | "
-                     f"{s.videos_scored} | {s.videos_skipped} |")
+                     f"{_scored(s.videos_scored, s.videos_skipped)} | {s.videos_skipped} |")
     if paper and run.protocol == "zero-shot":
         lines.append(f"| paper ({paper['setting']}) | {_fmt(paper['top1'], paper['top1_std'])} | - | - | - |")
     if paper and run.protocol == "supervised":
@@ -348,8 +355,10 @@ def _markdown(run, paper: Optional[Dict[str, Any]], meta: Dict[str, Any], files:
     # Distinct files: the few-shot runs evaluate the same test split once per K.
     unreadable = {s.path for r in run.results.values() for s in r.skipped}
     if unreadable:
-        lines += [f"**{len(unreadable)} video(s) could not be read and were skipped**; accuracies are over "
-                  "the scored videos only (list below and in report.json).", ""]
+        allowed = meta.get("allow_unscored")
+        accepted = f" (--allow-unscored {100 * allowed:g}%)" if allowed else ""
+        lines += [f"**{len(unreadable)} video(s) could not be read and were skipped**{accepted}; accuracies are "
+                  "over the scored videos only (list below and in report.json).", ""]
 
     for name, result in run.results.items():
         lines += [f"## {name}", ""]
