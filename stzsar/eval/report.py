@@ -250,19 +250,29 @@ def subset_dict(subsets, class_names: Sequence[str], top_confused: int = 20) -> 
     }
 
 
-def _per_class_lines(class_names: Sequence[str], accuracy: np.ndarray, count: np.ndarray, label: str) -> List[str]:
-    lines = [f"{label} (worst first):", "", "| class | videos | accuracy |", "|---|---|---|"]
+def _per_class_lines(class_names: Sequence[str], accuracy: np.ndarray, count: np.ndarray, label: str,
+                     subsets=None) -> List[str]:
+    """The per-class table, worst first; with ``subsets`` (the class-subset protocol), its per-class
+    figures as two more columns of the same table rather than a second table of the same classes."""
+    header = "| class | videos | accuracy |"
+    if subsets is not None:
+        header += " videos over the subset draws | accuracy within the subsets |"
+    lines = [f"{label} (worst first):", "", header, "|" + "---|" * (header.count("|") - 1)]
     ranked = sorted(range(len(class_names)), key=lambda c: (np.nan_to_num(accuracy[c], nan=np.inf), class_names[c]))
-    lines += [f"| {class_names[c]} | {int(count[c])} | {_fmt(float(accuracy[c]))} |" for c in ranked]
+    for c in ranked:
+        row = f"| {class_names[c]} | {int(count[c])} | {_fmt(float(accuracy[c]))} |"
+        if subsets is not None:
+            row += f" {int(subsets.per_class_count[c])} | {_fmt(float(subsets.per_class_accuracy[c]))} |"
+        lines.append(row)
     return lines + [""]
 
 
-def _confused_lines(confusion: np.ndarray, class_names: Sequence[str], label: str) -> List[str]:
+def _confused_lines(confusion: np.ndarray, class_names: Sequence[str], label: str,
+                    header: str = "| true | predicted | videos | of the true class |") -> List[str]:
     pairs = most_confused(confusion, class_names, 10)
     if not pairs:
         return []
-    lines = [f"{label} (true → predicted):", "", "| true | predicted | videos | of the true class |",
-             "|---|---|---|---|"]
+    lines = [f"{label} (true → predicted):", "", header, "|---|---|---|---|"]
     lines += [f"| {p['true']} | {p['predicted']} | {p['count']} | {100 * p['fraction']:.0f}% |" for p in pairs]
     return lines + [""]
 
@@ -369,16 +379,15 @@ def _markdown(run, paper: Optional[Dict[str, Any]], meta: Dict[str, Any], files:
             lines.append(f"Confusion matrix: `{files[name]['confusion']}`; per-video predictions: "
                          f"`{files[name]['predictions']}`.")
         lines.append("")
-        lines += _confused_lines(result.confusion, result.class_names, "Most confused")
-        lines += _per_class_lines(result.class_names, result.per_class_accuracy, result.per_class_count,
-                                  "Per-class accuracy")
         sub = run.subsets.get(name)
+        lines += _confused_lines(result.confusion, result.class_names, "Most confused")
         if sub is not None:
             lines += _confused_lines(sub.confusion, result.class_names,
-                                     "Most confused within the random class subsets, summed over the draws")
-            lines += _per_class_lines(result.class_names, sub.per_class_accuracy, sub.per_class_count,
-                                      "Per-class accuracy within the random class subsets, over the draws that "
-                                      "kept the class")
+                                     "Most confused within the random class subsets, summed over the draws",
+                                     "| true | predicted | videos over the draws | of the true class over the draws |")
+        label = "Per-class accuracy" + (", and within the random class subsets over the draws that kept the class"
+                                        if sub is not None else "")
+        lines += _per_class_lines(result.class_names, result.per_class_accuracy, result.per_class_count, label, sub)
         if result.skipped:
             lines += [f"Skipped videos ({result.num_skipped}):", ""]
             lines += [f"- `{s.path}`: {s.reason}" for s in result.skipped[:50]]
