@@ -98,6 +98,35 @@ def test_predict_says_an_unreadable_files_reason_once(assets, capsys):
     assert "empty file" not in captured.err  # the JSON carries it
 
 
+def test_an_attribute_entry_with_a_typo_is_flagged_with_the_class_it_meant(assets, tmp_path, caplog):
+    classes = tmp_path / "classes.txt"
+    classes.write_text("grow blue\narchery\nsurfing\n")
+    attributes = tmp_path / "attributes.json"
+    attributes.write_text(json.dumps({"grwo blue": ["sky", "paint"], "archery": ["bow"], "Surfing": ["wave"],
+                                      "bowling": ["pins"]}))
+    args = ["predict", str(assets["video"]), "--classes", str(classes), "--attributes", str(attributes),
+            "--checkpoint", str(assets["checkpoint"]), "--num-frames", str(FRAMES), "--device", "cpu", "--no-cache"]
+    with caplog.at_level("WARNING"):
+        assert main(args) == 0
+    err = caplog.text  # the command's warnings (pytest holds the logging handlers)
+    assert "no attributes for 1 of 3 classes (they use the class name alone): ['grow blue']" in err
+    assert "the attribute entry 'grwo blue' matches no class of the list; did you mean 'grow blue'?" in err
+    # an entry for a class of another list is unknown too, with no guess ('Surfing' is 'surfing')
+    assert "1 attribute entry matches no class of the list: ['bowling']" in err
+    assert "Surfing" not in err
+
+
+def test_attribute_entries_for_other_lists_can_pass_quietly(caplog):
+    from stzsar.eval.loading import check_attributes_cover
+
+    attributes = {"grwo blue": ["sky"], "archery": ["bow"], "bowling": ["pins"]}
+    with caplog.at_level("WARNING", logger="stzsar.eval.loading"):
+        missing = check_attributes_cover(["grow blue", "archery"], attributes, "split 1", unknown_entries=False)
+    assert missing == ["grow blue"]
+    text = caplog.text
+    assert "did you mean 'grow blue'" in text and "bowling" not in text
+
+
 def test_predict_text_output(assets, capsys):
     assert main(["predict", str(assets["video"]), *common(assets), "--top-k", "2"]) == 0
     lines = capsys.readouterr().out.splitlines()

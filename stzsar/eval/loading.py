@@ -58,16 +58,38 @@ def load_attributes_file(path: Optional[PathLike]) -> Optional[Dict[str, List[st
 
 
 def check_attributes_cover(
-    class_names: List[str], attributes: Optional[Dict[str, List[str]]], source: str
+    class_names: List[str], attributes: Optional[Dict[str, List[str]]], source: str, *, unknown_entries: bool = True
 ) -> List[str]:
-    """Classes of the list without attributes in ``attributes`` (logged: they use the name alone)."""
+    """Classes of the list without attributes in ``attributes`` (logged: they use the name alone).
+
+    Entries of the file that match no class of the list are logged as well, each with the class it
+    most likely meant when that class has no entry of its own (``grwo blue`` for ``grow blue``).
+    ``unknown_entries=False`` logs only those near misses: for a file that covers several class
+    lists at once (the zero-shot splits of Kinetics-600), entries for the other lists are expected.
+    """
     if attributes is None:
         return []
+    import difflib
+
     known = {canonical_name(k) for k in attributes}
+    wanted = {canonical_name(c): c for c in class_names}
     missing = [c for c in class_names if canonical_name(c) not in known]
+    unknown = [k for k in attributes if canonical_name(k) not in wanted]
+    without = {canonical_name(c): c for c in missing}
+    meant: Dict[str, str] = {}
+    for key in unknown:
+        close = difflib.get_close_matches(canonical_name(key), list(without), n=1, cutoff=0.75)
+        if close:
+            meant[key] = without[close[0]]
     if missing:
         logger.warning("%s: no attributes for %d of %d classes (they use the class name alone): %s",
                        source, len(missing), len(class_names), missing[:10])
+    for key, name in meant.items():
+        logger.warning("%s: the attribute entry %r matches no class of the list; did you mean %r?", source, key, name)
+    others = [k for k in unknown if k not in meant]
+    if others and unknown_entries:
+        logger.warning("%s: %d attribute %s no class of the list: %s", source, len(others),
+                       "entry matches" if len(others) == 1 else "entries match", others[:10])
     return missing
 
 
