@@ -180,6 +180,17 @@ def write_result(
     return path
 
 
+def step_figures(figures: Dict[str, Any]) -> None:
+    """Hand a step's figures to the stage runner (``benchmarks/gpu_check.py``), which names the
+    file in ``GPU_CHECK_STEP_JSON``; outside a stage nothing is written. A step that writes them
+    as it goes keeps its figures so far when it is stopped at its time cap."""
+    path = os.environ.get("GPU_CHECK_STEP_JSON")
+    if path:
+        tmp = Path(path + ".tmp")
+        tmp.write_text(json.dumps(figures, indent=2, default=_json_default) + "\n")
+        tmp.replace(path)
+
+
 def _json_default(value: Any) -> Any:
     if isinstance(value, Path):
         return str(value)

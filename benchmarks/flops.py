@@ -245,6 +245,46 @@ def sti_flops(model, batch: int, frames: int, patches: int, classes: int, words:
     }
 
 
+def train_step_flops(model, batch: int, frames: int, prompts: int, words: int = 32) -> Dict[str, int]:
+    """Flops of one training step of ``model`` (a meta model from :func:`build_meta_model`, put in
+    training mode here): ``batch`` clips of ``frames`` frames scored against ``prompts`` class
+    prompts, forward and backward as autograd runs them.
+
+    The backward skips the frozen stem and lower blocks (nothing below them learns); the first
+    trainable block still takes its input's gradient, for its own layer norm. The loss and AdamW
+    are elementwise (not counted). ``head_*`` is the STI head and the cosine logits alone on the ViT's features,
+    its backward including the features' gradient, as the step runs it.
+    """
+    from stzsar.text import ClassBank
+
+    model.train()
+    model.text.eval()
+    size, dim = model.image_size, model.dim
+    meta = dict(device="meta")
+    video = torch.empty(batch, frames, 3, size, size, **meta)
+    bank = ClassBank(torch.empty(prompts, dim, **meta), torch.empty(prompts, words, dim, **meta),
+                     torch.ones(prompts, words, dtype=torch.bool, **meta))
+
+    def forward_backward(fn: Callable[[], torch.Tensor]) -> Tuple[int, int]:
+        with word_mask_values_unchecked(), FlopCounterMode(display=False) as counter:
+            logits = fn()
+        forward = counter.get_total_flops()
+        # Any upstream gradient has the same cost; meta tensors hold no loss value to start from.
+        with FlopCounterMode(display=False) as counter:
+            logits.backward(torch.empty_like(logits))
+        return forward, counter.get_total_flops()
+
+    forward, backward = forward_backward(lambda: model(video, bank))
+    patches = model.video.num_patches(size, size)
+    frame_feat = torch.empty(batch, frames, dim, requires_grad=True, **meta)
+    patch_feat = torch.empty(batch, frames, patches, dim, requires_grad=True, **meta)
+    head_forward, head_backward = forward_backward(
+        lambda: model.logits_from_features(frame_feat, patch_feat, bank))
+    return {"total": forward + backward, "forward": forward, "backward": backward,
+            "head_forward": head_forward, "head_backward": head_backward,
+            "head": head_forward + head_backward}
+
+
 def text_bank_flops(model, classes: int) -> int:
     """Forward flops of the frozen text tower for ``classes`` prompts (all context positions run).
 

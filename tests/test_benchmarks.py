@@ -39,6 +39,13 @@ def closed_form_vit_flops(name: str, image_size: int, frames: int) -> int:
     Not counted (FlopCounterMode does not count them either): layer norms, softmax, GELU,
     residual, bias and positional-embedding additions, the class-token concatenation.
     """
+    parts = vit_macs_per_frame(name, image_size)
+    macs_per_frame = parts["patch_embed"] + parts["layers"] * parts["block"] + parts["projection"]
+    return 2 * macs_per_frame * frames
+
+
+def vit_macs_per_frame(name: str, image_size: int) -> dict:
+    """The per-frame multiply-adds of :func:`closed_form_vit_flops`, part by part."""
     import open_clip
 
     from stzsar.model import register_model_configs
@@ -51,11 +58,25 @@ def closed_form_vit_flops(name: str, image_size: int, frames: int) -> int:
     d = cfg["embed_dim"]
     np_ = (image_size // p) ** 2
     n = np_ + 1
-    patch_embed = np_ * (3 * p * p) * w
-    block = n * w * 3 * w + n * w * w + n * n * w + n * n * w + 2 * n * w * m
-    projection = n * w * d
-    macs_per_frame = patch_embed + layers * block + projection
-    return 2 * macs_per_frame * frames
+    return {
+        "layers": layers,
+        "patch_embed": np_ * (3 * p * p) * w,
+        "block": n * w * 3 * w + n * w * w + n * n * w + n * n * w + 2 * n * w * m,
+        "projection": n * w * d,
+    }
+
+
+def closed_form_vit_train_flops(name: str, image_size: int, clips: int, frames: int, frozen_blocks: int) -> int:
+    """Forward and backward flops of the image tower in one training step of ``clips`` clips.
+
+    Forward: :func:`closed_form_vit_flops`. Backward: every product of a trainable block and of
+    the projection twice (the gradient of each operand), nothing for the frozen stem and blocks
+    (nothing below them needs a gradient). The first trainable block's input projections still
+    need their input's gradient: that block's own layer norm learns.
+    """
+    parts = vit_macs_per_frame(name, image_size)
+    backward_macs = 2 * ((parts["layers"] - frozen_blocks) * parts["block"] + parts["projection"])
+    return closed_form_vit_flops(name, image_size, frames) * clips + 2 * backward_macs * frames * clips
 
 
 @pytest.mark.parametrize(
@@ -229,3 +250,148 @@ def test_format_table_and_write_result(tmp_path):
     assert path.name == "demo_x-y.json"
     saved = json.loads(path.read_text())
     assert saved["config"] == {"k": 1} and saved["results"] == {"v": 2.5}
+
+
+# --------------------------------------------------------------------------------------------
+# The device check's stage `model`: train step, evaluation forward, end to end (dry-run sizes)
+# --------------------------------------------------------------------------------------------
+
+
+def _math_attention():
+    """Attention as plain products that FlopCounterMode counts (it has no formula for the fused
+    CPU attention kernel, and none for nn.MultiheadAttention's inference fast path)."""
+    import contextlib
+
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+
+    stack = contextlib.ExitStack()
+    stack.enter_context(sdpa_kernel(SDPBackend.MATH))
+    fastpath = torch.backends.mha.get_fastpath_enabled()
+    torch.backends.mha.set_fastpath_enabled(False)
+    stack.callback(torch.backends.mha.set_fastpath_enabled, fastpath)
+    return stack
+
+
+def test_train_step_flops_match_closed_form_vit_b16():
+    meta = flops_bench.build_meta_model(flops_bench.FlopConfig("ViT-B-16", 2, 224))
+    counted = flops_bench.train_step_flops(meta, batch=2, frames=2, prompts=3, words=5)
+    assert counted["total"] - counted["head"] == closed_form_vit_train_flops("ViT-B-16", 224, 2, 2, frozen_blocks=6)
+    assert counted["total"] == counted["forward"] + counted["backward"]
+    # The head's forward holds at least its spatial products and the two projections.
+    B, T, Np, C, Nw, D = 2, 2, 196, 3, 5, 512
+    assert counted["head_forward"] >= 2 * B * T * Np * C * Nw * D + 2 * B * T * Np * D * D + 2 * C * Nw * D * D
+
+
+def test_train_step_command_measures_the_step_it_counts(tmp_path, capsys, monkeypatch):
+    from stzsar.losses import multi_positive_contrastive_loss
+
+    figures = tmp_path / "figures.json"
+    monkeypatch.setenv("GPU_CHECK_STEP_JSON", str(figures))
+    B, T, P = 2, 3, 4
+    rc = throughput_bench.main([
+        "--train-step", "--preset", "tiny", "--device", "cpu", "--batch", str(B), "--frames", str(T),
+        "--prompts", str(P), "--iters", "1", "--warmup", "1", "--max-batch", "4", "--compile-backend", "aot_eager",
+        "--cache-dir", str(tmp_path / "cache"), "--out", str(tmp_path),
+    ])
+    out = capsys.readouterr().out
+    assert rc == 0, out
+    assert "| eager" in out and "| compiled" in out
+    saved = json.loads(next(tmp_path.glob("throughput_train-step_*.json")).read_text())
+    assert saved["git"]["commit"] and saved["versions"]["torch"] and "partial" not in saved["results"]
+    m = saved["results"]["compile"]
+    assert "empty at the start" in saved["results"]["cache"]
+
+    # The same step, counted and run here on its own: the same weights (seed 0), clips and prompts.
+    torch.manual_seed(0)
+    model = build_model("stzsar-tiny").train()
+    model.text.eval()
+    names, attributes = throughput_bench.synthetic_classes(P)
+    bank = model.encode_classes(names, attributes)
+    size = model.image_size
+    video = torch.randn(B, T, 3, size, size, generator=torch.Generator().manual_seed(0))
+    labels, text_labels = torch.arange(B) % 2, torch.arange(P) % 2
+    with _math_attention(), FlopCounterMode(display=False) as forward:
+        loss = multi_positive_contrastive_loss(model(video, bank).float(), labels, text_labels)
+    with _math_attention(), FlopCounterMode(display=False) as backward:
+        loss.backward()
+    assert m["flops"]["forward"] == forward.get_total_flops()
+    assert m["flops"]["backward"] == backward.get_total_flops()
+    assert m["eager"]["first_loss"] == pytest.approx(float(loss.detach()), rel=1e-5)
+    assert m["compiled"]["first_loss"] == pytest.approx(float(loss.detach()), rel=1e-4)
+    assert m["first_loss_check"]["ok"]
+
+    for mode in ("eager", "compiled"):
+        part = m[mode]
+        assert part["median_s"] > 0 and part["first_step_s"] > 0 and part["peak_mib"] > 0
+        assert 0 < part["head"]["median_s"] < part["median_s"]
+        assert 0 < part["mfu"] < 2  # of a matmul rate measured on the same noisy CPU
+    assert m["matmul"]["gflops"] > 0 and m["compile_s"] >= 0
+    search = m["batch_search"]
+    assert [row["batch"] for row in search["rows"]] == [4] and search["largest"] == 4
+    handed = json.loads(figures.read_text())
+    assert handed["summary"].startswith("eager ") and handed["failures"] == []
+
+
+def test_eval_forward_command_counts_what_it_times(tmp_path, capsys):
+    from stzsar.eval.engine import batch_logits
+
+    B, T, C = 2, 2, 5
+    rc = throughput_bench.main([
+        "--eval-forward", "--preset", "tiny", "--device", "cpu", "--batch", str(B), "--frames", str(T),
+        "--classes", str(C), "--views", "1x1,2x3", "--iters", "1", "--warmup", "0", "--out", str(tmp_path),
+    ])
+    out = capsys.readouterr().out
+    assert rc == 0, out
+    m = json.loads(next(tmp_path.glob("throughput_eval-forward_*.json")).read_text())["results"]["eval_forward"]
+    assert list(m["views"]) == ["1x1", "2x3"]
+    torch.manual_seed(0)
+    model = build_model("stzsar-tiny").eval()
+    names, attributes = throughput_bench.synthetic_classes(C)
+    bank = model.encode_classes(names, attributes)
+    for key, views in (("1x1", 1), ("2x3", 6)):
+        part = m["views"][key]
+        assert part["views"] == views and part["videos_per_s"] > 0 and part["peak_mib"] > 0
+        assert part["clips_per_s"] == pytest.approx(views * part["videos_per_s"])
+        video = torch.randn(B, views, T, 3, 32, 32)
+        with torch.no_grad(), _math_attention(), FlopCounterMode(display=False) as counter:
+            logits = batch_logits(model, video, bank, device=torch.device("cpu"))
+        assert logits.shape == (B, views, C)
+        assert part["flops_per_call"] == counter.get_total_flops()
+
+
+def test_make_split_writes_distinct_videos_and_repeats_them(tmp_path):
+    import av
+
+    from benchmarks import eval_throughput as eval_bench
+
+    list_file = eval_bench.make_split(tmp_path, count=5, frames=9, width=64, height=48, num_classes=3,
+                                      distinct=2, processes=2)
+    entries = [line.split() for line in list_file.read_text().splitlines()]
+    assert entries == [["v0000.mp4", "0"], ["v0001.mp4", "1"], ["v0000.mp4", "2"], ["v0001.mp4", "0"],
+                       ["v0000.mp4", "1"]]
+    assert sorted(p.name for p in tmp_path.glob("*.mp4")) == ["v0000.mp4", "v0001.mp4"]
+    for name, expected in (("v0000.mp4", 9), ("v0001.mp4", 16)):  # lengths frames + 7 * (i % 5)
+        with av.open(str(tmp_path / name)) as container:
+            frames = list(container.decode(video=0))
+        assert len(frames) == expected and (frames[0].width, frames[0].height) == (64, 48)
+
+
+def test_eval_throughput_command_scores_every_video(tmp_path, capsys, monkeypatch):
+    from benchmarks import eval_throughput as eval_bench
+
+    figures = tmp_path / "figures.json"
+    monkeypatch.setenv("GPU_CHECK_STEP_JSON", str(figures))
+    rc = eval_bench.main([
+        "--model", "stzsar-tiny", "--device", "cpu", "--num-frames", "2", "--classes", "5", "--videos", "6",
+        "--distinct-videos", "2", "--frames-per-video", "12", "--width", "64", "--height", "48", "--batch-size", "3",
+        "--workers", "1", "--passes", "1", "--repeats", "1", "--compile", "false", "--out", str(tmp_path),
+    ])
+    out = capsys.readouterr().out
+    assert rc == 0, out
+    r = json.loads(next(tmp_path.glob("eval_throughput_*.json")).read_text())["results"]
+    assert r["videos written"] == 2 and r["compiled"] is False
+    assert r["videos scored, skipped (last end-to-end pass)"] == [6, 0]
+    for key in ("decode", "vit", "sti", "store", "model (vit + sti + store)", "end to end"):
+        assert r[key] > 0, key
+    handed = json.loads(figures.read_text())
+    assert handed["summary"].startswith("decode ") and handed["results"]["end to end"] == r["end to end"]
