@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import os
-import random
 import subprocess
 import sys
 from pathlib import Path
@@ -14,10 +13,9 @@ import pytest
 import torch
 import yaml
 
-from stzsar.demo.actions import encode_video, render_video
+from train_videos import CLASSES, write_training_set
 
 REPO = Path(__file__).resolve().parent.parent
-CLASSES = [("red", "moving right"), ("blue", "moving right"), ("red", "spinning"), ("blue", "spinning")]
 
 
 def _metrics(run: Path):
@@ -28,13 +26,7 @@ def _metrics(run: Path):
 @pytest.mark.skipif(not torch.distributed.is_available(), reason="this PyTorch build has no torch.distributed")
 def test_torchrun_two_processes_match_one_process(tmp_path):
     root = tmp_path / "videos"
-    lines = []
-    for n in range(12):
-        colour, motion = CLASSES[n % 4]
-        encode_video(root / f"v{n:02d}.mp4", render_video(colour, motion, 8, 36, random.Random(n)))
-        lines.append(f"v{n:02d}.mp4 {n % 4}")
-    (root / "train.txt").write_text("\n".join(lines) + "\n")
-    (root / "labels.csv").write_text("id,name\n" + "".join(f"{i},{c} {m}\n" for i, (c, m) in enumerate(CLASSES)))
+    write_training_set(root)
     config = {
         "model": {"name": "stzsar-tiny", "pretrained": None, "frozen_blocks": 0, "backend": "torch"},
         "data": {"root": str(root), "train_list": str(root / "train.txt"), "labels": str(root / "labels.csv"),

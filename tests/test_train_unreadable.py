@@ -4,32 +4,23 @@ without data changes nothing (no optimizer or schedule step, no checkpoint)."""
 from __future__ import annotations
 
 import json
-import random
 from pathlib import Path
 
 import pytest
 import torch
 
 from stzsar.config import load_config
-from stzsar.demo.actions import encode_video, render_video
 from stzsar.train.checkpoint import CheckpointManager, read_checkpoint
-
-CLASSES = [("red", "moving right"), ("blue", "moving right"), ("red", "spinning"), ("blue", "spinning")]
+from train_videos import write_training_set
 
 
 @pytest.fixture(scope="module")
 def videos(tmp_path_factory) -> Path:
-    """12 H.264 videos of 4 classes in ``videos/``, a BIKE list naming them and 2 files that do
-    not exist (``list_missing.txt``), and a class list."""
+    """12 H.264 videos of 4 classes in ``videos/``, a BIKE list naming them, the same list with 2
+    files that do not exist (``list_missing.txt``), and a class list."""
     root = tmp_path_factory.mktemp("corpus")
-    lines = []
-    for n in range(12):
-        colour, motion = CLASSES[n % 4]
-        encode_video(root / "videos" / f"v{n:02d}.mp4", render_video(colour, motion, 8, 36, random.Random(n)))
-        lines.append(f"v{n:02d}.mp4 {n % 4}")
-    (root / "list.txt").write_text("\n".join(lines) + "\n")
+    lines = write_training_set(root, videos="videos", list_name="list.txt")
     (root / "list_missing.txt").write_text("\n".join(lines + ["gone_a.mp4 0", "gone_b.mp4 1"]) + "\n")
-    (root / "labels.csv").write_text("id,name\n" + "".join(f"{i},{c} {m}\n" for i, (c, m) in enumerate(CLASSES)))
     return root
 
 

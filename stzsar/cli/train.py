@@ -13,7 +13,8 @@ Examples::
     stzsar train --resume runs/k400_vitb16_f16
 
 Ctrl-C stops after the optimizer step in flight, writes a checkpoint of it and prints the
-``--resume`` command that continues the run (exit status 130); a second Ctrl-C stops at once.
+``--resume`` command that continues the run (exit status 130); a second Ctrl-C stops at once
+(exit status 130; a checkpoint it cuts short is discarded, the earlier ones stay whole).
 
 A run whose videos cannot be read stops with exit status 1, naming how many, the first paths and
 the likely cause: a micro-batch without a readable video, or more unreadable videos than
@@ -30,6 +31,7 @@ import argparse
 import logging
 import os
 import sys
+from pathlib import Path
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -91,7 +93,7 @@ def run_train(args: argparse.Namespace) -> int:
         return 0
 
     from stzsar.model import PretrainedWeightsUnavailable
-    from stzsar.train.checkpoint import CheckpointError
+    from stzsar.train.checkpoint import CheckpointError, CheckpointManager
     from stzsar.train.trainer import NonFiniteLossError, TrainingInterrupted, UnreadableDataError, train
 
     try:
@@ -102,6 +104,17 @@ def run_train(args: argparse.Namespace) -> int:
                   f"checkpoint: {stop.checkpoint}", file=sys.stderr)
             if stop.checkpoint is not None:
                 print(f"continue with: stzsar train --resume {stop.run_dir}", file=sys.stderr)
+        return 130
+    except KeyboardInterrupt:
+        # A second Ctrl-C (or one before training began): stop at once. Checkpoints are written to
+        # a temporary file and renamed, so one cut short is discarded and the earlier ones are whole.
+        if int(os.environ.get("RANK", "0")) == 0:
+            run_dir = Path(config.train.output_dir)
+            latest = CheckpointManager(run_dir / "checkpoints").latest()
+            print(f"stzsar train: stopped at once (Ctrl-C); a checkpoint then being written was discarded; "
+                  f"last complete checkpoint: {latest}", file=sys.stderr)
+            if latest is not None:
+                print(f"continue with: stzsar train --resume {run_dir}", file=sys.stderr)
         return 130
     except NonFiniteLossError as error:
         print(f"stzsar train: stopped: {error}", file=sys.stderr)

@@ -14,6 +14,7 @@
 from __future__ import annotations
 
 import random
+import signal
 from typing import Any, Iterator, List
 
 import numpy as np
@@ -147,3 +148,6 @@ def seed_everything(seed: int) -> None:
 def _worker_init(worker_id: int) -> None:  # pragma: no cover - runs in worker processes
     # Keep intra-op threads at 1 per worker: workers x threads must not oversubscribe the CPU.
     torch.set_num_threads(1)
+    # A terminal's Ctrl-C reaches every process of the group: the main process decides when to
+    # stop (after the step in flight, which needs its workers) and shuts the workers down.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)

@@ -120,21 +120,38 @@ class TrainingInterrupted(KeyboardInterrupt):
 
 
 class _StopOnInterrupt:
-    """Turns the first Ctrl-C into a request to stop at the next optimizer-step boundary (a second
-    one interrupts at once). Only the main thread can take signals; elsewhere nothing changes."""
+    """Turns the first Ctrl-C into a request to stop at the next optimizer-step boundary; a second
+    one interrupts at once (``KeyboardInterrupt``, which ``stzsar train`` ends with exit 130).
 
-    def __init__(self):
+    Only the main thread can take signals; elsewhere nothing changes. Processes forked from this
+    one (DataLoader workers) inherit the handler but are not the trainer: there it does nothing,
+    so the message is printed once, by rank 0 (``announce``).
+    """
+
+    def __init__(self, announce: bool = True):
         self.requested = False
+        self.announce = announce
         self._previous = None
+        self._pid = os.getpid()
 
     def _handle(self, signum, frame):
+        if os.getpid() != self._pid:
+            return
         self.requested = True
+        signal.signal(signal.SIGINT, self._handle_again)
+        if self.announce:
+            logger.warning("Ctrl-C: stopping after the current step and writing a checkpoint "
+                           "(press it again to stop at once)")
+
+    def _handle_again(self, signum, frame):
+        if os.getpid() != self._pid:
+            return
         signal.signal(signal.SIGINT, signal.default_int_handler)
-        logger.warning("Ctrl-C: stopping after the current step and writing a checkpoint "
-                       "(press it again to stop at once)")
+        raise KeyboardInterrupt
 
     def __enter__(self) -> "_StopOnInterrupt":
         if threading.current_thread() is threading.main_thread():
+            self._pid = os.getpid()
             self._previous = signal.signal(signal.SIGINT, self._handle)
         return self
 
@@ -606,7 +623,7 @@ class Trainer:
         window_loss: List[float] = []
         saved_at = self.step if self.step > 0 else -1
         throughput.start()
-        interrupt = _StopOnInterrupt()
+        interrupt = _StopOnInterrupt(announce=self.dist.is_main)
         distributed = self.dist.world_size > 1
         try:
             interrupt.__enter__()
@@ -628,8 +645,9 @@ class Trainer:
                     except (UnreadableDataError, NonFiniteLossError):
                         raise
                     except Exception:
-                        # Ctrl-C also reaches the DataLoader workers, which then exit: the step in
-                        # flight is dropped (no optimizer update happened yet) and the run stops.
+                        # Our workers ignore Ctrl-C, but those of a spawn start method or of a
+                        # dataset's own may exit on it: the step in flight is dropped (no
+                        # optimizer update happened yet) and the run stops.
                         if not interrupt.requested or distributed:
                             raise
                         self.micro_in_epoch = step_start
