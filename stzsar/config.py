@@ -7,8 +7,10 @@ AdamW with lr 5e-5 and weight decay 0.05, 30 epochs, batch 64, 8 attributes).
 Sources, later ones winning:
 
 1. the defaults below;
-2. a YAML file (:func:`load_config`), which may name a ``base:`` YAML file (relative to itself)
-   whose values it overrides;
+2. a YAML file (:func:`load_config`): a path, or the name of a configuration that ships with the
+   package (``stzsar/configs/``: ``k400_vitb16_f16``, ``k400_vitl14_f8``, ``fewshot_ucf101``,
+   ``fewshot_hmdb51``, ``demo``; :func:`builtin_configs`). It may name a ``base:`` YAML file
+   (relative to itself, or a built-in name) whose values it overrides;
 3. command-line overrides ``section.key=value`` (``--set optim.lr=1e-4``), parsed as YAML
    scalars/lists and converted to the field's type (:func:`apply_overrides`).
 
@@ -18,7 +20,7 @@ configuration as YAML; the trainer saves it next to every run (``config.yaml``).
 
 Usage::
 
-    config = load_config("configs/k400_vitb16_f16.yaml", ["optim.lr=1e-4", "train.epochs=10"])
+    config = load_config("k400_vitb16_f16", ["optim.lr=1e-4", "train.epochs=10"])
     config.optim.lr          # 1e-4
     save_config(config, "runs/x/config.yaml")
 """
@@ -27,6 +29,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import importlib.resources
 import os
 import typing
 from dataclasses import dataclass, field, fields, is_dataclass
@@ -400,6 +403,38 @@ def config_to_dict(config: Config) -> Dict[str, Any]:
     return plain(config)
 
 
+def builtin_configs() -> Dict[str, Path]:
+    """The training configurations that ship with the package (``stzsar/configs/*.yaml``), by
+    name: the file name without ``.yaml``."""
+    folder = Path(str(importlib.resources.files("stzsar").joinpath("configs")))
+    return {path.stem: path for path in sorted(folder.glob("*.yaml"))}
+
+
+def _builtin_config(value: PathLike) -> Optional[Path]:
+    """The built-in configuration ``value`` names (case-insensitive, ``.yaml`` optional), if any."""
+    name = str(value).strip()
+    for suffix in (".yaml", ".yml"):
+        if name.lower().endswith(suffix):
+            name = name[: -len(suffix)]
+    by_name = {key.lower(): path for key, path in builtin_configs().items()}
+    return by_name.get(name.lower()) if "/" not in name and os.sep not in name else None
+
+
+def resolve_config(value: PathLike) -> Path:
+    """The YAML file behind a ``--config`` value: the path itself when that file exists (a path
+    always wins), else the built-in configuration of that name; otherwise a :class:`ConfigError`
+    that lists the built-in names."""
+    path = Path(value)
+    if path.is_file():
+        return path
+    builtin = _builtin_config(value)
+    if builtin is not None:
+        return builtin
+    what = "is a folder, not a YAML file" if path.is_dir() else "is neither a file nor a built-in configuration"
+    raise ConfigError(f"config file not found: {str(value)!r} {what}; built-in configurations (by name): "
+                      f"{', '.join(builtin_configs()) or 'none'} (`stzsar resources list`)")
+
+
 def _read_yaml(path: Path, seen: Tuple[Path, ...] = ()) -> Dict[str, Any]:
     if not path.is_file():
         raise ConfigError(f"config file not found: {path}")
@@ -414,8 +449,10 @@ def _read_yaml(path: Path, seen: Tuple[Path, ...] = ()) -> Dict[str, Any]:
     base = values.pop("base", None)
     if base is None:
         return values
-    base_values = _read_yaml((path.parent / base) if not os.path.isabs(base) else Path(base),
-                             seen + (path.resolve(),))
+    target = (path.parent / base) if not os.path.isabs(base) else Path(base)
+    if not target.is_file():
+        target = _builtin_config(base) or target  # a built-in name works as a base too
+    base_values = _read_yaml(target, seen + (path.resolve(),))
     return _merge(base_values, values)
 
 
@@ -458,11 +495,12 @@ def apply_overrides(config: Config, overrides: Iterable[str], source: str = "--s
 
 def load_config(path: Optional[PathLike] = None, overrides: Iterable[str] = (),
                 base: Optional[Config] = None) -> Config:
-    """``base`` (default: the defaults), then the YAML file ``path`` (if any), then the
-    ``overrides``; then validated. The file and the overrides change only the keys they name."""
+    """``base`` (default: the defaults), then the YAML file ``path`` (if any: a file, or the name of
+    a built-in configuration, see :func:`resolve_config`), then the ``overrides``; then validated.
+    The file and the overrides change only the keys they name."""
     config = copy.deepcopy(base) if base is not None else Config()
     if path is not None:
-        path = Path(path)
+        path = resolve_config(path)
         config = config_from_dict(_read_yaml(path), base=config, source=str(path))
     config = apply_overrides(config, overrides)
     validate_config(config)

@@ -21,7 +21,8 @@ from stzsar.config import (
 )
 
 REPO = Path(__file__).resolve().parent.parent
-CONFIGS = sorted((REPO / "configs").glob("*.yaml"))
+SHIPPED = REPO / "stzsar" / "configs"
+CONFIGS = sorted(SHIPPED.glob("*.yaml"))
 
 
 def test_defaults_are_the_papers():
@@ -100,15 +101,15 @@ def test_shipped_configs_load(path, tmp_path):
 
 
 def test_shipped_paper_settings():
-    b16 = load_config(REPO / "configs" / "k400_vitb16_f16.yaml")
-    l14 = load_config(REPO / "configs" / "k400_vitl14_f8.yaml")
+    b16 = load_config(SHIPPED / "k400_vitb16_f16.yaml")
+    l14 = load_config(SHIPPED / "k400_vitl14_f8.yaml")
     assert (b16.model.name, b16.data.num_frames, b16.model.frozen_blocks) == ("ViT-B-16", 16, 6)
     assert (l14.model.name, l14.data.num_frames, l14.model.frozen_blocks) == ("ViT-L-14", 8, 12)
     for config in (b16, l14):
         assert (config.optim.lr, config.optim.weight_decay, config.train.epochs, config.train.batch_size) == \
             (5e-5, 0.05, 30, 64)
     for name in ("fewshot_ucf101.yaml", "fewshot_hmdb51.yaml"):
-        few = load_config(REPO / "configs" / name)
+        few = load_config(SHIPPED / name)
         assert few.eval.protocol == "few-shot" and few.eval.fewshot_epochs == 50
         assert few.eval.shots == [2, 4, 8, 16]
 
@@ -116,7 +117,90 @@ def test_shipped_paper_settings():
 def test_demo_yaml_matches_the_built_in_demo_config():
     from stzsar.demo.runner import demo_config
 
-    assert config_to_dict(demo_config(config_path=REPO / "configs" / "demo.yaml")) == config_to_dict(demo_config())
+    assert config_to_dict(demo_config(config_path=SHIPPED / "demo.yaml")) == config_to_dict(demo_config())
+
+
+
+# Configurations by name: they ship with the package and work outside the clone.
+
+
+def test_config_names_resolve_from_an_installed_build(tmp_path):
+    """Build the package as an install would (setuptools' build_py with the package data of
+    pyproject.toml), then, from a folder that holds no configs/, load every config by name."""
+    import json
+    import os
+    import subprocess
+    import sys
+
+    build = tmp_path / "lib"
+    built = subprocess.run([sys.executable, "setup.py", "-q", "build_py", "--build-lib", str(build)], cwd=REPO,
+                           capture_output=True, text=True, timeout=300)
+    assert built.returncode == 0, built.stderr[-2000:]
+    assert sorted(p.name for p in (build / "stzsar" / "configs").glob("*.yaml")) == [p.name for p in CONFIGS]
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    code = ("import json, stzsar.config as c; "
+            "print(json.dumps({'module': c.__file__, 'configs': {n: [str(c.resolve_config(n)), "
+            "c.config_to_dict(c.load_config(n))] for n in c.builtin_configs()}}))")
+    env = dict(os.environ, PYTHONPATH=str(build))
+    result = subprocess.run([sys.executable, "-c", code], cwd=elsewhere, env=env, capture_output=True, text=True,
+                            timeout=300)
+    assert result.returncode == 0, result.stderr[-2000:]
+    answer = json.loads(result.stdout.strip().splitlines()[-1])
+    assert Path(answer["module"]).resolve().is_relative_to(build.resolve())  # the build, not the clone
+    assert sorted(answer["configs"]) == [p.stem for p in CONFIGS]
+    for name, (path, values) in answer["configs"].items():
+        assert Path(path).resolve() == (build / "stzsar" / "configs" / f"{name}.yaml").resolve()
+        assert values == config_to_dict(load_config(SHIPPED / f"{name}.yaml"))  # the clone's file, by path
+
+
+def test_config_by_name_equals_the_file_and_a_path_still_works(tmp_path, monkeypatch):
+    from stzsar.config import builtin_configs, resolve_config
+
+    monkeypatch.chdir(tmp_path)
+    assert set(builtin_configs()) == {p.stem for p in CONFIGS}
+    for path in CONFIGS:
+        by_path = config_to_dict(load_config(path))
+        for name in (path.stem, path.name, path.stem.upper()):
+            assert config_to_dict(load_config(name)) == by_path
+    # A file of one's own, by absolute and by relative path; an existing file wins over a name.
+    own = tmp_path / "k400_vitb16_f16.yaml"
+    own.write_text("base: k400_vitl14_f8\ntrain:\n  epochs: 3\n")
+    assert resolve_config("k400_vitb16_f16.yaml") == Path("k400_vitb16_f16.yaml")
+    for value in ("k400_vitb16_f16.yaml", str(own)):
+        config = load_config(value)
+        assert config.train.epochs == 3 and config.model.name == "ViT-L-14"  # its base, by name
+    assert load_config("k400_vitb16_f16").train.epochs == 30  # no .yaml: no such file, the built-in
+
+
+def test_unknown_config_name_lists_the_built_in_ones(tmp_path, monkeypatch, capsys):
+    from stzsar.cli.main import main
+
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(ConfigError) as info:
+        load_config("k400_vitb16")
+    message = str(info.value)
+    assert "'k400_vitb16'" in message
+    assert all(p.stem in message for p in CONFIGS)
+    assert main(["train", "--config", "configs/k400_vitb16_f16.yaml", "--print-config"]) == 2
+    err = capsys.readouterr().err
+    assert "configs/k400_vitb16_f16.yaml" in err and "k400_vitb16_f16, k400_vitl14_f8" in err
+    assert main(["train", "--config", "k400_vitb16_f16", "--print-config"]) == 0
+    assert yaml.safe_load(capsys.readouterr().out)["model"]["name"] == "ViT-B-16"
+
+
+def test_resources_list_shows_the_configs(capsys):
+    import json
+
+    from stzsar.cli.main import main
+
+    assert main(["resources", "list", "--json"]) == 0
+    listed = json.loads(capsys.readouterr().out)["configs"]
+    assert [c["name"] for c in listed] == [p.stem for p in CONFIGS]
+    assert all(c["about"] for c in listed)
+    assert main(["resources", "list"]) == 0
+    text = capsys.readouterr().out
+    assert "--config NAME" in text and all(f"\n{p.stem} " in text for p in CONFIGS)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -213,7 +297,7 @@ def test_seeded_dataset_depends_on_seed_epoch_index_only():
 def test_train_command_prints_config_and_rejects_bad_settings(capsys):
     from stzsar.cli.main import main
 
-    assert main(["train", "--config", str(REPO / "configs" / "k400_vitl14_f8.yaml"), "--set", "optim.lr=1e-4",
+    assert main(["train", "--config", str(SHIPPED / "k400_vitl14_f8.yaml"), "--set", "optim.lr=1e-4",
                  "--print-config"]) == 0
     printed = yaml.safe_load(capsys.readouterr().out)
     assert printed["model"]["name"] == "ViT-L-14" and printed["optim"]["lr"] == 1e-4

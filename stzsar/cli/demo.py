@@ -48,7 +48,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--threads", type=int, default=1,
                         help="torch CPU threads (default 1: the tiny model gains nothing from more)")
     parser.add_argument("--config", metavar="YAML",
-                        help="training configuration (default: the built-in one, as in configs/demo.yaml)")
+                        help="training configuration file or built-in name (default: the built-in demo values, as in --config demo)")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                         help="override a training setting, e.g. --set train.epochs=5 (repeatable)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")

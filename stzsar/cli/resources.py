@@ -20,11 +20,13 @@ def register(subparsers) -> argparse.ArgumentParser:
     parser = subparsers.add_parser(
         "resources", help="built-in class lists, zero-shot splits and attribute files",
         description="The class lists and attribute files that ship with the package (usable by name "
-        "wherever a class list or an attribute file is accepted), and the public class descriptions.",
+        "wherever a class list or an attribute file is accepted), the training configurations (usable "
+        "by name as --config), and the public class descriptions.",
         formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__.split("Examples::", 1)[1],
     )
     commands = parser.add_subparsers(dest="resources_command", metavar="ACTION")
-    listing = commands.add_parser("list", help="the built-in names with their sizes and origins")
+    listing = commands.add_parser("list", help="the built-in names with their sizes and origins, and the "
+                                  "built-in training configurations")
     listing.add_argument("--json", action="store_true", help="print one JSON object")
     listing.set_defaults(func=run_list)
     show = commands.add_parser("show", help="a built-in class list with its attributes")
@@ -56,12 +58,25 @@ def _summary(resource) -> dict:
     }
 
 
+def _config_summaries() -> List[dict]:
+    """The training configurations that ship with the package, with the first line of their header."""
+    from stzsar.config import builtin_configs
+
+    rows = []
+    for name, path in builtin_configs().items():
+        header = next((line.lstrip("# ").strip() for line in path.read_text(encoding="utf-8").splitlines()
+                       if line.startswith("#") and line.lstrip("# ").strip()), "")
+        rows.append({"name": name, "path": str(path), "about": header})
+    return rows
+
+
 def run_list(args) -> int:
     from stzsar.resources import RESOURCES
 
     rows = [_summary(r) for r in RESOURCES.values()]
+    configs = _config_summaries()
     if args.json:
-        print(json.dumps({"resources": rows}, indent=1))
+        print(json.dumps({"resources": rows, "configs": configs}, indent=1))
         return 0
     width = max(len(r["name"]) for r in rows)
     for row in rows:
@@ -69,6 +84,11 @@ def run_list(args) -> int:
         print(f"{row['name']:<{width}}  {row['classes']:4d} classes  attributes: Na={a['num']} ({a['extractor']})  "
               f"{row['title']}")
         print(f"{'':<{width}}  from {row['origin']}")
+    if configs:
+        print("\ntraining configurations (--config NAME):")
+        width = max(len(c["name"]) for c in configs)
+        for config in configs:
+            print(f"{config['name']:<{width}}  {config['about']}")
     return 0
 
 

@@ -3,10 +3,10 @@
 Examples::
 
     # Kinetics-400, the paper's ViT-B/16 setting, one GPU
-    stzsar train --config configs/k400_vitb16_f16.yaml --set data.root=/data/k400
+    stzsar train --config k400_vitb16_f16 --set data.root=/data/k400
 
     # the same on 8 GPUs (the global batch stays train.batch_size = 64)
-    torchrun --nproc_per_node 8 -m stzsar.cli train --config configs/k400_vitb16_f16.yaml
+    torchrun --nproc_per_node 8 -m stzsar.cli train --config k400_vitb16_f16
 
     # continue a killed run where it stopped (same data order; without --config the
     # configuration stored in the checkpoint is used)
@@ -20,7 +20,8 @@ A run whose videos cannot be read stops with exit status 1, naming how many, the
 the likely cause: a micro-batch without a readable video, or more unreadable videos than
 ``data.max_unreadable`` (a share of the split, default 0.01) allows.
 
-Settings come from the defaults, then ``--config FILE``, then ``--set section.key=value``
+Settings come from the defaults, then ``--config FILE_OR_NAME`` (a YAML file, or a configuration
+that ships with stzsar by name: ``stzsar resources list``), then ``--set section.key=value``
 overrides (e.g. ``--set optim.lr=1e-4 --set train.epochs=10``); the resolved configuration is
 saved as ``<train.output_dir>/config.yaml``.
 """
@@ -39,7 +40,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "train", help="train the model on a video dataset (torchrun for several devices)",
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    parser.add_argument("--config", metavar="YAML", help="configuration file (see configs/)")
+    parser.add_argument("--config", metavar="YAML",
+                        help="configuration file, or the name of a built-in one (k400_vitb16_f16, k400_vitl14_f8, ...: stzsar resources list)")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                         help="override a configuration value, e.g. --set optim.lr=1e-4 (repeatable)")
     parser.add_argument("--resume", metavar="PATH",

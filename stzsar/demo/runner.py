@@ -41,7 +41,7 @@ logger = logging.getLogger("stzsar.demo")
 
 PathLike = Union[str, Path]
 
-#: The demo's training configuration (``configs/demo.yaml`` holds the same values).
+#: The demo's training configuration (the built-in config ``demo``, stzsar/configs/demo.yaml, holds the same values).
 DEMO_CONFIG: Dict[str, Dict[str, Any]] = {
     "model": {"name": "stzsar-tiny", "pretrained": None, "frozen_blocks": 0},
     "data": {"format": "bike", "num_frames": 8, "size": 32, "short_side": 36, "hflip": 0.0,

@@ -22,7 +22,7 @@ Python use (e.g. the few-shot protocol)::
     from stzsar.config import load_config
     from stzsar.train import train
 
-    result = train(load_config("configs/fewshot_ucf101.yaml"), dataset=subset_split,
+    result = train(load_config("fewshot_ucf101"), dataset=subset_split,
                    model=model_from_checkpoint, attributes=attributes)
     result.model, result.checkpoint
 """
