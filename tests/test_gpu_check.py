@@ -50,7 +50,7 @@ def test_caps_of_every_stage_fit_its_budget():
         names = [s.name for s in steps]
         assert len(names) == len(set(names)), stage
         assert gpu_check.caps_total(stage) <= gpu_check.DEFAULT_BUDGET_S, stage
-        assert gpu_check.caps_total(stage, dry=True) <= gpu_check.DEFAULT_BUDGET_S, stage
+        assert gpu_check.caps_total(stage, dry=True) <= gpu_check.DRY_BUDGET_S, stage
         for step in steps:
             assert step.kind in ("cmd", "pytest", "bench"), step
             assert step.doc, f"{stage}/{step.name} says what it does"
@@ -167,6 +167,52 @@ def test_require_backends_fails_collection_without_the_backend():
     assert "no case for ['cuda']" in text and "no CUDA device here" in text, text[-2000:]
 
 
+def _wheel(folder, module, version="0.1"):
+    """A minimal pure-Python wheel holding ``module`` (pip installs it offline)."""
+    import zipfile
+
+    path = folder / f"{module}-{version}-py3-none-any.whl"
+    info = f"{module}-{version}.dist-info"
+    files = {f"{module}/__init__.py": "VALUE = 42\n",
+             f"{info}/METADATA": f"Metadata-Version: 2.1\nName: {module}\nVersion: {version}\n",
+             f"{info}/WHEEL": "Wheel-Version: 1.0\nGenerator: test\nRoot-Is-Purelib: true\nTag: py3-none-any\n"}
+    files[f"{info}/RECORD"] = "".join(f"{name},,\n" for name in list(files) + [f"{info}/RECORD"])
+    with zipfile.ZipFile(path, "w") as archive:
+        for name, text in files.items():
+            archive.writestr(name, text)
+    return path
+
+
+def test_wheels_are_installed_when_a_module_is_missing(tmp_path, capsys):
+    wheels, site = tmp_path / "whl", tmp_path / "site"
+    wheels.mkdir()
+    _wheel(wheels, "stzsar_gpu_check_probe")
+    assert gpu_check.probe_wheels(["stzsar_gpu_check_probe"], dry=False, wheel_dir=wheels, site=site) == 0
+    assert (site / "stzsar_gpu_check_probe" / "__init__.py").exists()
+    # A module no carried wheel provides fails the step and says how to fetch it.
+    assert gpu_check.probe_wheels(["stzsar_gpu_check_absent"], dry=False, wheel_dir=wheels, site=site) == 1
+    assert "fetch_gpu_wheels.sh" in capsys.readouterr().out
+    # The dry run reports what is missing and installs nothing.
+    assert gpu_check.probe_wheels(["stzsar_gpu_check_absent"], dry=True, wheel_dir=wheels, site=tmp_path / "none") == 0
+    assert not (tmp_path / "none").exists()
+
+
+def test_wheel_script_pins_what_requirements_pin():
+    script = (ROOT / "benchmarks" / "fetch_gpu_wheels.sh").read_text()
+    block = script[script.index("WHEELS=(") + len("WHEELS=("):]
+    listed = dict(line.strip().split("==") for line in block[:block.index(")")].split())
+    assert {"flash-maxsim", "late-interaction-kernels", "open_clip_torch", "ftfy", "wcwidth", "av"} == set(listed)
+    pinned = {}
+    for line in (ROOT / "requirements.txt").read_text().splitlines():
+        if "==" in line and not line.startswith("#"):
+            name, version = line.split("#")[0].strip().split("==")
+            pinned[name.lower().replace("_", "-")] = version
+    for name, version in listed.items():
+        key = name.lower().replace("_", "-")
+        if key in pinned:
+            assert pinned[key] == version, f"{name}: the wheel script fetches {version}, requirements.txt pins {pinned[key]}"
+
+
 def test_junit_and_benchmark_figures(tmp_path):
     report = tmp_path / "r.xml"
     report.write_text('<testsuites><testsuite tests="7" failures="1" errors="0" skipped="2"/>'
@@ -182,9 +228,13 @@ def test_junit_and_benchmark_figures(tmp_path):
     assert figures["rows"][1]["peak_mb"] == 3.0 and figures["rows"][1]["ms"] == 1.0
 
 
-def test_crashed_test_is_found_in_faulthandler_output():
-    tail = ["Fatal Python error: Segmentation fault", "", "Current thread 0x01 (most recent call first):",
-            '  File "/x/stzsar/ops/spatial_maxsim.py", line 10 in _forward_impl',
-            '  File "/x/tests/test_gpu_ops.py", line 200 in test_spatial_maxsim',
-            '  File "/x/site-packages/_pytest/python.py", line 150 in pytest_pyfunc_call']
-    assert gpu_check._crashed_test(tail) == ("tests/test_gpu_ops.py", "test_spatial_maxsim")
+def test_crashed_test_is_found_in_the_output():
+    faulthandler = ["Fatal Python error: Segmentation fault", "", "Current thread 0x01 (most recent call first):",
+                    '  File "/x/stzsar/ops/spatial_maxsim.py", line 10 in _forward_impl',
+                    '  File "/x/tests/test_gpu_ops.py", line 200 in test_spatial_maxsim',
+                    '  File "/x/site-packages/_pytest/python.py", line 150 in pytest_pyfunc_call']
+    assert gpu_check._crashed_test(faulthandler) == ("tests/test_gpu_ops.py", "-k", "test_spatial_maxsim")
+    xdist = ["[gw3] node down: Not properly terminated",
+             "worker 'gw3' crashed while running 'tests/test_gpu_ops.py::test_temporal_saliency[triton-odd-fp32]'"]
+    assert gpu_check._crashed_test(xdist) == ("tests/test_gpu_ops.py::test_temporal_saliency[triton-odd-fp32]",)
+    assert gpu_check._crashed_test(["all good"]) is None
