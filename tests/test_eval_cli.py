@@ -137,6 +137,17 @@ def test_unreadable_videos_fail_the_run_after_the_report(setup, tmp_path, capsys
     assert main(eval_args(setup, listed, out) + ["--allow-unscored", "25%"]) == 0  # resumed from the store
 
 
+def test_the_report_names_the_precision_used(setup, tmp_path):
+    for asked, used in ((None, "fp32"), ("bf16", "bf16")):  # auto is fp32 on the CPU
+        out = tmp_path / (asked or "auto")
+        assert main(eval_args(setup, setup / "list_1.txt", out) + (["--precision", asked] if asked else [])) == 0
+        report = json.loads((out / "report.json").read_text())
+        assert report["meta"]["precision"] == used
+        assert f"- precision: {used}\n" in (out / "report.md").read_text()
+        manifest = json.loads((out / "store" / "split_1" / "manifest.json").read_text())
+        assert manifest["precision"] == used  # what the engine ran in
+
+
 def test_allow_unscored_takes_a_share():
     import argparse
 

@@ -212,7 +212,7 @@ def run_eval(args: argparse.Namespace) -> int:
     from stzsar.train.checkpoint import CheckpointError, locate_checkpoint
     from stzsar.eval.bank_cache import BankCache
     from stzsar.eval.distributed import init_distributed
-    from stzsar.eval.engine import EvalSettings, resolve_device
+    from stzsar.eval.engine import EvalSettings, autocast_dtype, resolve_device, resolved_precision
     from stzsar.eval.loading import (check_attributes_cover, clip_spec, load_attributes_file,
                                      load_checkpoint_model, resolve_num_frames)
     from stzsar.eval import protocols
@@ -303,7 +303,8 @@ def run_eval(args: argparse.Namespace) -> int:
             "num_frames": num_frames,
             "image_size": model.image_size,
             "views": f"{views[0]} clips x {views[1]} crops",
-            "precision": settings.precision,
+            # What "auto" resolved to here: the report says what the numbers were computed in.
+            "precision": resolved_precision(autocast_dtype(device, settings.precision)),
             "device": str(device),
             "world_size": context.world_size,
             "template": model.config.template,
