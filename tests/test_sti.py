@@ -120,26 +120,22 @@ def test_word_mask_is_read_once_per_mask(monkeypatch, fused):
 
 
 def test_masks_made_of_checked_rows_need_no_read(monkeypatch):
-    """``mark_word_mask_checked``: rows selected from a checked mask (a bank's ``select``) are
-    valid without reading them; rows of an unchecked mask are still read, and an invalid mask
-    still raises."""
+    """``mark_word_mask_checked`` (a bank's ``select``): the bank's mask is read once, the rows
+    selected from it never; a bank with a class without a valid word raises there."""
     from stzsar.ops.dispatch import mark_word_mask_checked
 
     reads = _count_mask_reads(monkeypatch)
     frames, patches, words, mask, class_emb = _inputs(C=5)
     module = _module(frames.shape[-1])
-    module.similarity(frames, patches, words, mask, class_emb)
-    labels = torch.tensor([4, 0, 4])
-    selected = mask[labels]
-    mark_word_mask_checked(selected, rows_of=mask)
-    module.similarity(frames, patches, words[labels], selected, class_emb[labels])
-    assert len(reads) == 1
-    unchecked = torch.ones(3, 4, dtype=torch.bool)
-    unchecked[1] = False
-    chosen = unchecked[torch.tensor([2, 1, 0])]
-    mark_word_mask_checked(chosen, rows_of=unchecked)  # nothing is known about its source
+    for step, labels in enumerate((torch.tensor([4, 0, 4]), torch.tensor([1, 2, 3]))):
+        selected = mask[labels]
+        mark_word_mask_checked(selected, rows_of=mask)
+        module.similarity(frames, patches, words[labels], selected, class_emb[labels])
+        assert reads == [(5, 4)], step
+    bank_mask = torch.ones(3, 4, dtype=torch.bool)
+    bank_mask[1] = False
     with pytest.raises(ValueError, match="class 1 has no valid word"):
-        module.similarity(frames, patches, words[:3], chosen, class_emb[:3])
+        mark_word_mask_checked(bank_mask[torch.tensor([2, 0])], rows_of=bank_mask)
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="host synchronisations exist only with a GPU")

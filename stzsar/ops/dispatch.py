@@ -330,8 +330,10 @@ def word_mask_checked(word_mask: Tensor) -> bool:
 
 
 def mark_word_mask_checked(word_mask: Tensor, rows_of: Tensor) -> None:
-    """Record that ``word_mask`` needs no check when its rows are rows of the checked mask
-    ``rows_of`` (a bank's ``select`` or ``to``); does nothing when ``rows_of`` is not checked."""
+    """``word_mask`` is made of rows of ``rows_of`` (a class bank's ``select``): check ``rows_of``
+    (once per mask tensor, raising for a class without a valid word) and record that
+    ``word_mask`` needs no check of its own."""
+    check_word_mask(rows_of)
     key = _check_key(word_mask)
     if key is not None and word_mask_checked(rows_of):
         setattr(word_mask, _CHECKED, key)

@@ -22,6 +22,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from stzsar.losses import multi_positive_contrastive_loss
+from stzsar.ops.dispatch import mark_word_mask_checked
 from stzsar.text import ClassBank
 from stzsar.train.distributed import all_gather_no_grad, all_gather_with_grad
 
@@ -83,6 +84,8 @@ def in_batch_loss(
     global_labels = all_gather_no_grad(padded_labels)[valid]
     global_indices = all_gather_no_grad(padded_indices)[valid]
     prompts = bank.select(global_labels)
+    # The bank's mask is checked once; its selected rows are not read again (a host sync a step).
+    mark_word_mask_checked(prompts.word_mask, rows_of=bank.word_mask)
     with (autocast or contextlib.nullcontext()):
         logits = forward(video, prompts)
     if logits.shape != (labels.shape[0], global_labels.shape[0]):
