@@ -43,13 +43,39 @@ TORCH_LIBRARY_IMPL(stzsar, Meta, m) {
 }
 
 #ifdef STZSAR_WITH_CUDA
-// Shared-memory limits of the CUDA temporal kernels (csrc/cuda/sti_temporal_kernel.cu), so that
-// backend="auto" can tell in advance whether a shape runs there.
+#include <string>
+#include <tuple>
+
+// The CUDA launchers' headers (plain CUDA runtime declarations): the shared-memory limits of the
+// temporal kernels, so that backend="auto" can tell in advance whether a shape runs there, and the
+// launch grids of every CUDA kernel, so that tests can check them against CUDA's limits.
+#include "cuda/spatial_maxsim_kernel.cuh"
+#include "cuda/sti_temporal_kernel.cuh"
+
 namespace stzsar {
-namespace sti_cuda {
-bool temporal_fits(int64_t T, int64_t Nw);
-bool similarity_fits(int64_t T);
-}  // namespace sti_cuda
+namespace {
+// The grid (x, y, z) that the launcher of `kernel` uses at these sizes.
+std::tuple<int64_t, int64_t, int64_t> cuda_launch_grid(const std::string& kernel, int64_t B, int64_t C, int64_t T,
+                                                       int64_t Np, int64_t Nw, int64_t D) {
+  const cuda::MaxsimSizes s{B, T, Np, D, C, Nw};
+  cuda_grid::Grid g{0, 0, 0};
+  if (kernel == "spatial_forward") {
+    g = cuda::maxsim_forward_grid(s);
+  } else if (kernel == "spatial_grad_patches") {
+    g = cuda::maxsim_grad_patches_grid(s);
+  } else if (kernel == "spatial_grad_words") {
+    g = cuda::maxsim_grad_words_grid(s);
+  } else if (kernel == "temporal") {
+    g = sti_cuda::temporal_grid(B, C, T, Nw);
+  } else if (kernel == "similarity") {
+    g = sti_cuda::similarity_grid(B, C);
+  } else {
+    TORCH_CHECK(false, "unknown kernel '", kernel, "': spatial_forward, spatial_grad_patches, spatial_grad_words, ",
+                "temporal or similarity");
+  }
+  return {g.x, g.y, g.z};
+}
+}  // namespace
 }  // namespace stzsar
 #endif
 
@@ -69,5 +95,8 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
 #ifdef STZSAR_WITH_CUDA
   m.def("cuda_temporal_fits", &stzsar::sti_cuda::temporal_fits, "Whether the CUDA temporal_saliency kernels take T x Nw");
   m.def("cuda_similarity_fits", &stzsar::sti_cuda::similarity_fits, "Whether the CUDA sti_similarity kernels take T frames");
+  m.def("cuda_launch_grid", &stzsar::cuda_launch_grid, "The launch grid (x, y, z) of a CUDA kernel at these sizes",
+        pybind11::arg("kernel"), pybind11::arg("B"), pybind11::arg("C"), pybind11::arg("T"), pybind11::arg("Np"),
+        pybind11::arg("Nw"), pybind11::arg("D"));
 #endif
 }

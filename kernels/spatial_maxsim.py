@@ -38,7 +38,7 @@ import triton
 import triton.language as tl
 from torch import Tensor
 
-__all__ = ["triton_spatial_maxsim_fwd", "triton_spatial_maxsim_bwd", "is_interpreting"]
+__all__ = ["triton_spatial_maxsim_fwd", "triton_spatial_maxsim_bwd", "is_interpreting", "checked_grid"]
 
 # The flat index k * Nw + l lives in the low 24 bits of the merge key.
 _INDEX_BITS = 24
@@ -174,7 +174,7 @@ def _maxsim_fwd_kernel(
 
 @triton.jit(do_not_specialize=["n"])
 def _maxsim_decode_kernel(key_ptr, out_ptr, index_ptr, n, BLOCK: tl.constexpr):
-    offs = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
+    offs = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)  # B*C*T may pass 2^31
     m = offs < n
     key = tl.load(key_ptr + offs, mask=m, other=0)
     ordered = key >> 24
@@ -250,6 +250,34 @@ _INTERPRET_FWD = {"BLOCK_M": 64, "BLOCK_N": 64, "BLOCK_D": 64}
 
 def _next_pow2(n: int) -> int:
     return 1 << max(0, (n - 1).bit_length())
+
+
+# CUDA's launch limits: up to 2^31 - 1 programs on grid axis x, 65,535 on y and z.
+MAX_GRID = (2**31 - 1, 65535, 65535)
+
+
+def checked_grid(grid: Tuple[int, ...], kernel: str, remedy: str) -> Tuple[int, ...]:
+    """``grid`` itself, or a ``ValueError`` naming the axis past CUDA's limit (a launch past it
+    fails with an opaque "invalid argument") and ``remedy``."""
+    for axis, (size, limit) in enumerate(zip(grid, MAX_GRID)):
+        if size > limit:
+            raise ValueError(
+                f"{kernel}: {size} programs on grid axis {'xyz'[axis]} exceed CUDA's limit of {limit}; {remedy}"
+            )
+    return grid
+
+
+def forward_grid(M: int, C: int, NWP: int, meta: dict) -> Tuple[int]:
+    """The forward's grid: ``BLOCK_M`` patch rows x ``BLOCK_N // NWP`` classes per program, on axis x."""
+    cb = max(1, meta["BLOCK_N"] // NWP)
+    grid = (triton.cdiv(M, meta["BLOCK_M"]) * triton.cdiv(C, cb),)
+    return checked_grid(grid, "spatial_maxsim", "score fewer frames x classes per call")
+
+
+def segment_grid(rows: int, D: int, block_r: int, block_d: int) -> Tuple[int, int]:
+    """The backward's segment sums: destination rows on axis x, feature blocks on y."""
+    grid = (triton.cdiv(rows, block_r), triton.cdiv(D, block_d))
+    return checked_grid(grid, "spatial_maxsim backward", "use fewer patches or words per call")
 
 
 def launch_on_inputs_device(launcher):
@@ -335,8 +363,7 @@ def triton_spatial_maxsim_fwd(
     precision = "ieee" if patches.dtype == torch.float32 else "tf32"
 
     def grid(meta):
-        cb = max(1, meta["BLOCK_N"] // NWP)
-        return (triton.cdiv(M, meta["BLOCK_M"]) * triton.cdiv(C, cb),)
+        return forward_grid(M, C, NWP, meta)
 
     args = (p, w, mask, keys, M, C, T)
     consts = dict(Np=Np, Nw=Nw, D=D, NWP=NWP, PRECISION=precision)
@@ -347,7 +374,8 @@ def triton_spatial_maxsim_fwd(
 
     n = out.numel()
     block = 1024
-    _maxsim_decode_kernel[(triton.cdiv(n, block),)](keys, out, index, n, BLOCK=block)
+    grid = checked_grid((triton.cdiv(n, block),), "spatial_maxsim decode", "score fewer frames x classes per call")
+    _maxsim_decode_kernel[grid](keys, out, index, n, BLOCK=block)
     return out, index
 
 
@@ -424,7 +452,7 @@ def _segment_sum(
     )
     block_r, block_e, block_d = _INTERPRET_SEGMENT if _INTERPRET else _GPU_SEGMENT
     block_d = min(_next_pow2(D), block_d)
-    grid = (triton.cdiv(rows, block_r), triton.cdiv(D, block_d))
+    grid = segment_grid(rows, D, block_r, block_d)
     _segment_sum_kernel[grid](
         src,
         sorted_key,

@@ -1,12 +1,12 @@
 """Triton kernels of ``stzsar::temporal_saliency`` and ``stzsar::sti_similarity`` (docs/method.md section 4).
 
 temporal_saliency, forward
-    One program per (video b, block of ``CB`` classes). The class block's words, each class padded
-    to ``NWP`` (a power of two >= Nw) columns, form a ``[CB*NWP, D]`` tile; ``tl.dot`` against the
-    video's ``[T, D]`` frames (fp32 accumulation, D in chunks) gives all ``<v_t, A~_l>`` on chip.
-    The softmax over t runs per column in registers with the maximum subtracted, the ``[T, CB,
-    NWP]`` reshape averages over each class's valid words, and only ``S_temp[b, block, :]`` is
-    written.
+    One program per (video b, block of ``CB`` classes), all on grid axis x (videos fastest). The
+    class block's words, each class padded to ``NWP`` (a power of two >= Nw) columns, form a
+    ``[CB*NWP, D]`` tile; ``tl.dot`` against the video's ``[T, D]`` frames (fp32 accumulation, D
+    in chunks) gives all ``<v_t, A~_l>`` on chip. The softmax over t runs per column in registers
+    with the maximum subtracted, the ``[T, CB, NWP]`` reshape averages over each class's valid
+    words, and only ``S_temp[b, block, :]`` is written.
 
 temporal_saliency, backward
     The same programs recompute the dot products and the softmax, and write ``d S_sp`` and the
@@ -37,6 +37,7 @@ import triton
 import triton.language as tl
 from torch import Tensor
 
+from stzsar.kernels.spatial_maxsim import checked_grid
 from stzsar.kernels.spatial_maxsim import launch_on_inputs_device as _launch_on_inputs_device
 
 __all__ = [
@@ -47,6 +48,7 @@ __all__ = [
     "temporal_fits",
     "temporal_saliency_bwd",
     "temporal_saliency_fwd",
+    "video_block_grid",
 ]
 
 # triton.jit picks the interpreter at decoration time, so this is fixed at import.
@@ -127,6 +129,21 @@ def _temporal_blocks(T: int, Nw: int, D: int) -> dict:
 # --------------------------------------------------------------------------------------------
 
 
+def video_block_grid(B: int, blocks: int, kernel: str) -> Tuple[int]:
+    """The launch grid of ``B`` videos x ``blocks`` class blocks: one flat axis (x takes up to
+    2^31 - 1 programs, y only 65,535, which 65,536 classes of more than 64 words would exceed)."""
+    return checked_grid((B * blocks,), kernel, "score fewer videos x classes per call")
+
+
+@triton.jit
+def _video_and_block(B):
+    """``(video, class block)`` of this program on the flat grid, videos fastest (programs that
+    run together share the block's words). int64, so offsets such as ``(b*C + c)*T`` and
+    ``row*D`` do not overflow int32 at large class counts."""
+    pid = tl.program_id(0).to(tl.int64)
+    return pid % B, pid // B
+
+
 @triton.jit
 def _frame_word_dots(
     v_ptr, w_ptr, b, T, D, rows, row_ok, t, t_ok,
@@ -156,14 +173,14 @@ def _temporal_fwd_kernel(
     w_ptr,  # [C, Nw, D]
     mask_ptr,  # [C, Nw] uint8
     out_ptr,  # [B, C, T] fp32
-    C, T, Nw, D, tau,
+    B, C, T, Nw, D, tau,
     BLOCK_T: tl.constexpr, NWP: tl.constexpr, CB: tl.constexpr, BLOCK_D: tl.constexpr,
     UPCAST: tl.constexpr, IEEE: tl.constexpr,
 ):
-    b = tl.program_id(0)
+    b, blk = _video_and_block(B)
     R: tl.constexpr = CB * NWP
     r = tl.arange(0, R)
-    cls = tl.program_id(1) * CB + r // NWP
+    cls = blk * CB + r // NWP
     l = r % NWP
     col_ok = (l < Nw) & (cls < C)
     rows = cls * Nw + l
@@ -184,7 +201,7 @@ def _temporal_fwd_kernel(
     total = tl.sum(tl.reshape(probs, (BLOCK_T, CB, NWP)), axis=2)  # [BLOCK_T, CB]
     s_temp = total / tl.maximum(count, 1.0)[None, :]
 
-    c_out = tl.program_id(1) * CB + tl.arange(0, CB)
+    c_out = blk * CB + tl.arange(0, CB)
     tl.store(out_ptr + (b * C + c_out)[None, :] * T + t[:, None], s_temp, mask=t_ok[:, None] & (c_out < C)[None, :])
 
 
@@ -197,14 +214,14 @@ def _temporal_bwd_kernel(
     mask_ptr,  # [C, Nw] uint8
     gs_ptr,  # [B, C, T] fp32, d loss / d S_sp (out)
     coef_ptr,  # [B*T, ldc] fp32: d loss / d <v_t, A~_l> of the chunk's classes (out)
-    C, T, Nw, D, tau, c_lo, c_hi, ldc,
+    B, C, T, Nw, D, tau, c_lo, c_hi, ldc,
     BLOCK_T: tl.constexpr, NWP: tl.constexpr, CB: tl.constexpr, BLOCK_D: tl.constexpr,
     UPCAST: tl.constexpr, IEEE: tl.constexpr,
 ):
-    b = tl.program_id(0)
+    b, blk = _video_and_block(B)
     R: tl.constexpr = CB * NWP
     r = tl.arange(0, R)
-    cls = c_lo + tl.program_id(1) * CB + r // NWP
+    cls = c_lo + blk * CB + r // NWP
     l = r % NWP
     col_ok = (l < Nw) & (cls < c_hi)
     rows = cls * Nw + l
@@ -231,7 +248,7 @@ def _temporal_bwd_kernel(
     d_logit = tl.where(word_ok[None, :] & t_ok[:, None], d_logit, 0.0)
 
     grad_s = tl.sum(tl.reshape(d_logit * dots, (BLOCK_T, CB, NWP)), axis=2)  # [BLOCK_T, CB]
-    c_out = c_lo + tl.program_id(1) * CB + tl.arange(0, CB)
+    c_out = c_lo + blk * CB + tl.arange(0, CB)
     tl.store(gs_ptr + (b * C + c_out)[None, :] * T + t[:, None], grad_s, mask=t_ok[:, None] & (c_out < c_hi)[None, :])
 
     coef_offs = (b * T + t)[:, None] * ldc + ((cls - c_lo) * Nw + l)[None, :]
@@ -250,12 +267,19 @@ def temporal_saliency_fwd(
     if out.numel() == 0 or Nw == 0:
         return out
     blocks = _temporal_blocks(T, Nw, D)
-    grid = (B, triton.cdiv(C, blocks["CB"]))
+    grid = video_block_grid(B, triton.cdiv(C, blocks["CB"]), "temporal_saliency")
     _temporal_fwd_kernel[grid](
-        s_sp, frames, words, word_mask.to(torch.uint8), out, C, T, Nw, D, float(temperature),
+        s_sp, frames, words, word_mask.to(torch.uint8), out, B, C, T, Nw, D, float(temperature),
         **blocks, **_dot_dtype_args(frames), num_warps=4,
     )
     return out
+
+
+def backward_chunk(B: int, C: int, T: int, Nw: int, cb: int) -> int:
+    """Classes per chunk of the temporal backward: a multiple of the class block ``cb``, the
+    coefficient buffer ``[B*T, chunk*Nw]`` under ``_COEF_ELEMENTS``."""
+    per_chunk = max(cb, (_COEF_ELEMENTS // max(1, B * T * Nw)) // cb * cb)
+    return min(per_chunk, triton.cdiv(C, cb) * cb)
 
 
 def _masked(needed: bool, grad: Tensor, like: Tensor) -> Tensor:
@@ -286,9 +310,7 @@ def temporal_saliency_bwd(
     if grad_s.numel() > 0 and Nw > 0 and D > 0:
         blocks = _temporal_blocks(T, Nw, D)
         cb = blocks["CB"]
-        # Classes per chunk: a multiple of the class block, the buffer under _COEF_ELEMENTS.
-        per_chunk = max(cb, (_COEF_ELEMENTS // max(1, B * T * Nw)) // cb * cb)
-        per_chunk = min(per_chunk, triton.cdiv(C, cb) * cb)
+        per_chunk = backward_chunk(B, C, T, Nw, cb)
         coef = torch.empty((B * T, per_chunk * Nw), dtype=torch.float32, device=device)
         v32 = frames.reshape(B * T, D).float()
         w32 = words.reshape(C * Nw, D).float()
@@ -296,9 +318,9 @@ def temporal_saliency_bwd(
         for c_lo in range(0, C, per_chunk):
             c_hi = min(C, c_lo + per_chunk)
             cols = (c_hi - c_lo) * Nw
-            grid = (B, triton.cdiv(c_hi - c_lo, cb))
+            grid = video_block_grid(B, triton.cdiv(c_hi - c_lo, cb), "temporal_saliency backward")
             _temporal_bwd_kernel[grid](
-                grad, s_sp, frames, words, mask8, grad_s, coef, C, T, Nw, D, float(temperature),
+                grad, s_sp, frames, words, mask8, grad_s, coef, B, C, T, Nw, D, float(temperature),
                 c_lo, c_hi, per_chunk * Nw, **blocks, **_dot_dtype_args(frames), num_warps=4,
             )
             chunk = coef[:, :cols]
@@ -360,11 +382,11 @@ def _similarity_fwd_kernel(
     v_ptr,  # [B, T, D]
     z_ptr,  # [C, D]
     out_ptr,  # [B, C] fp32
-    C, T, D, eps,
+    B, C, T, D, eps,
     BLOCK_T: tl.constexpr, CBZ: tl.constexpr, BLOCK_D: tl.constexpr, UPCAST: tl.constexpr, IEEE: tl.constexpr,
 ):
-    b = tl.program_id(0)
-    c = tl.program_id(1) * CBZ + tl.arange(0, CBZ)
+    b, blk = _video_and_block(B)
+    c = blk * CBZ + tl.arange(0, CBZ)
     c_ok = c < C
     t = tl.arange(0, BLOCK_T)
     t_ok = t < T
@@ -390,8 +412,8 @@ def _similarity_bwd_kernel(
     B, C, T, D, eps,
     BLOCK_T: tl.constexpr, CBZ: tl.constexpr, BLOCK_D: tl.constexpr, UPCAST: tl.constexpr, IEEE: tl.constexpr,
 ):
-    b = tl.program_id(0)
-    c = tl.program_id(1) * CBZ + tl.arange(0, CBZ)
+    b, blk = _video_and_block(B)
+    c = blk * CBZ + tl.arange(0, CBZ)
     c_ok = c < C
     t = tl.arange(0, BLOCK_T)
     t_ok = t < T
@@ -431,9 +453,9 @@ def sti_similarity_fwd(s_temp: Tensor, frames: Tensor, class_emb: Tensor, eps: f
     if out.numel() == 0:
         return out
     blocks = _similarity_blocks(T, D)
-    grid = (B, triton.cdiv(C, blocks["CBZ"]))
+    grid = video_block_grid(B, triton.cdiv(C, blocks["CBZ"]), "sti_similarity")
     _similarity_fwd_kernel[grid](
-        s_temp, frames, class_emb, out, C, T, D, float(eps), **blocks, **_dot_dtype_args(frames), num_warps=4
+        s_temp, frames, class_emb, out, B, C, T, D, float(eps), **blocks, **_dot_dtype_args(frames), num_warps=4
     )
     return out
 
@@ -478,7 +500,7 @@ def sti_similarity_bwd(
     coef = torch.zeros((3, B, C), dtype=torch.float32, device=device)
     if grad_s.numel() > 0:
         blocks = _similarity_blocks(T, D)
-        grid = (B, triton.cdiv(C, blocks["CBZ"]))
+        grid = video_block_grid(B, triton.cdiv(C, blocks["CBZ"]), "sti_similarity backward")
         _similarity_bwd_kernel[grid](
             grad, s_temp, frames, class_emb, grad_s, coef, B, C, T, D, float(eps),
             **blocks, **_dot_dtype_args(frames), num_warps=4,

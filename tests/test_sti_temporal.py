@@ -546,45 +546,36 @@ def test_triton_launchers_run_under_the_tensors_device(monkeypatch):
 # --------------------------------------------------------------------------------------------
 
 # Compiles the four temporal kernels for sm_90 and sm_80 down to a cubin in a fresh interpreter
-# (Triton picks the interpreter at import, so this cannot run in the test process). Arguments:
-# "T,Nw,D,dtype" shapes. Prints the shared memory of each kernel.
+# (Triton picks the interpreter at import, so this cannot run in the test process), with the
+# arguments their launchers pass at "B,C,T,Nw,D,dtype" and so with the specialisation Triton gives
+# them at run time (stzsar.kernels.aot). Prints the shared memory of each kernel.
 _AOT_SCRIPT = r"""
 import sys
-import triton
-from triton.backends.compiler import GPUTarget
+import torch
 import stzsar.kernels.sti_temporal as k
+from stzsar.kernels.aot import GPUTarget, compile_like_launch
 
 SMEM = {90: 232448, 80: 166912}  # bytes of shared memory one block may use (H100/H200, A100)
-TEMPORAL = ["BLOCK_T", "NWP", "CB", "BLOCK_D", "UPCAST", "IEEE"]
-SIMILARITY = ["BLOCK_T", "CBZ", "BLOCK_D", "UPCAST", "IEEE"]
-
-def signature(pointers, scalars, consts):
-    return {**pointers, **scalars, **{name: "constexpr" for name in consts}}
+f32, u8 = torch.float32, torch.uint8
 
 for spec in sys.argv[1:]:
-    T, Nw, D, dtype = spec.split(",")
-    T, Nw, D = int(T), int(Nw), int(D)
-    f = "*" + dtype
-    temporal = dict(k._temporal_blocks(T, Nw, D), UPCAST=False, IEEE=dtype == "fp32")
-    similarity = dict(k._similarity_blocks(T, D), UPCAST=False, IEEE=dtype == "fp32")
-    ints = {"C": "i32", "T": "i32", "Nw": "i32", "D": "i32", "tau": "fp32"}
-    kernels = [
-        (k._temporal_fwd_kernel, signature(
-            {"s_ptr": "*fp32", "v_ptr": f, "w_ptr": f, "mask_ptr": "*u8", "out_ptr": "*fp32"}, ints, TEMPORAL), temporal),
-        (k._temporal_bwd_kernel, signature(
-            {"g_ptr": "*fp32", "s_ptr": "*fp32", "v_ptr": f, "w_ptr": f, "mask_ptr": "*u8", "gs_ptr": "*fp32",
-             "coef_ptr": "*fp32"}, {**ints, "c_lo": "i32", "c_hi": "i32", "ldc": "i32"}, TEMPORAL), temporal),
-        (k._similarity_fwd_kernel, signature(
-            {"s_ptr": "*fp32", "v_ptr": f, "z_ptr": f, "out_ptr": "*fp32"},
-            {"C": "i32", "T": "i32", "D": "i32", "eps": "fp32"}, SIMILARITY), similarity),
-        (k._similarity_bwd_kernel, signature(
-            {"g_ptr": "*fp32", "s_ptr": "*fp32", "v_ptr": f, "z_ptr": f, "gs_ptr": "*fp32", "coef_ptr": "*fp32"},
-            {"B": "i32", "C": "i32", "T": "i32", "D": "i32", "eps": "fp32"}, SIMILARITY), similarity),
+    *sizes, dtype = spec.split(",")
+    B, C, T, Nw, D = (int(x) for x in sizes)
+    x = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}[dtype]
+    dots = dict(UPCAST=False, IEEE=x == torch.float32)
+    temporal = dict(k._temporal_blocks(T, Nw, D), **dots)
+    per_chunk = k.backward_chunk(B, C, T, Nw, temporal["CB"])
+    similarity = dict(k._similarity_blocks(T, D), **dots)
+    launches = [  # the arguments of each launcher's kernel[grid](...) call
+        (k._temporal_fwd_kernel, (f32, x, x, u8, f32, B, C, T, Nw, D, 0.01), temporal),
+        (k._temporal_bwd_kernel, (f32, f32, x, x, u8, f32, f32, B, C, T, Nw, D, 0.01, 0, min(C, per_chunk),
+                                  per_chunk * Nw), temporal),
+        (k._similarity_fwd_kernel, (f32, x, x, f32, B, C, T, D, 1e-8), similarity),
+        (k._similarity_bwd_kernel, (f32, f32, x, x, f32, f32, B, C, T, D, 1e-8), similarity),
     ]
     for cc, ptx in ((90, 64), (80, 32)):
-        for fn, sig, consts in kernels:
-            compiled = triton.compile(triton.compiler.ASTSource(fn=fn, signature=sig, constexprs=consts),
-                                      target=GPUTarget("cuda", cc, ptx), options={"num_warps": 4})
+        for fn, args, consts in launches:
+            compiled = compile_like_launch(fn, GPUTarget("cuda", cc, ptx), *args, **consts, num_warps=4)
             assert "cubin" in compiled.asm, (spec, cc, fn.__name__)
             shared = compiled.metadata.shared
             assert shared <= SMEM[cc], f"{fn.__name__} at {spec} needs {shared} B of shared memory on sm_{cc}"
@@ -609,11 +600,12 @@ def _compile_ahead_of_time(*shapes: str) -> str:
 
 
 def test_kernels_compile_for_sm90_and_sm80():
-    """The compiled (non-interpreted) temporal kernels build for H100/H200 and A100 at the K400
-    shape (T=16, Nw=32, D=512; bf16 and fp32) and the edge shapes T=1, Nw=1, Nw=77, D=1024,
-    within each architecture's shared memory: catches GPU-only errors without a GPU."""
-    shapes = ["16,32,512,bf16", "16,32,512,fp32", "1,32,512,fp32", "16,1,512,fp32", "16,77,512,bf16",
-              "16,32,1024,fp32"]
+    """The compiled (non-interpreted) temporal kernels build for H100/H200 and A100 with the
+    run-time specialisation at the K400 evaluation and training shapes (B=32, C=400 and B=8,
+    C=64; T=16, Nw=32, D=512; bf16 and fp32) and at odd ones (B=3, C=7; T=1, Nw=1, Nw=77,
+    D=1024), within each architecture's shared memory: catches GPU-only errors without a GPU."""
+    shapes = ["32,400,16,32,512,bf16", "8,64,16,32,512,fp32", "3,7,1,32,512,fp32", "3,7,16,1,512,fp32",
+              "32,400,16,77,512,bf16", "3,7,16,32,1024,fp32"]
     out = _compile_ahead_of_time(*shapes)
     for shape in shapes:
         for cc in ("sm90", "sm80"):
@@ -629,5 +621,5 @@ def test_largest_accepted_shapes_fit_shared_memory():
     kernels still fit an A100's and an H200's shared memory."""
     K = pytest.importorskip("stzsar.kernels.sti_temporal", reason="Triton is not installed")
     assert K.temporal_fits(64, 256) and K.similarity_fits(128)
-    out = _compile_ahead_of_time("64,256,1024,fp32", "128,1,1024,fp32")
+    out = _compile_ahead_of_time("3,7,64,256,1024,fp32", "3,7,128,1,1024,fp32")
     assert out.count("sm80") == 8 and out.count("sm90") == 8, out

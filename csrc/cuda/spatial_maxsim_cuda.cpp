@@ -27,6 +27,12 @@ cuda::ElementType element_type(at::ScalarType type) {
 
 cuda::MaxsimSizes kernel_sizes(const maxsim::Sizes& s) { return {s.B, s.T, s.Np, s.D, s.C, s.Nw}; }
 
+// A clear error for a grid past CUDA's limits (a launch past them fails with "invalid configuration").
+void check_grid(const cuda_grid::Grid& g, const char* op, const char* remedy) {
+  TORCH_CHECK(cuda_grid::fits(g), op, ": the launch grid (", g.x, ", ", g.y, ", ", g.z, ") exceeds CUDA's limits (x <= ",
+              cuda_grid::kMaxX, ", y and z <= ", cuda_grid::kMaxYZ, "); ", remedy);
+}
+
 void check_launch(cudaError_t err, const char* op) {
   TORCH_CHECK(err == cudaSuccess, op, ": CUDA kernel launch failed: ", cudaGetErrorString(err),
               err == cudaErrorInvalidConfiguration ? " (sizes beyond the kernel's grid limits)" : "");
@@ -39,6 +45,8 @@ std::tuple<at::Tensor, at::Tensor> spatial_maxsim_fused_fwd_cuda(const at::Tenso
   auto out = at::empty({s.B, s.C, s.T}, patches.options().dtype(at::kFloat));
   auto index = at::empty({s.B, s.C, s.T}, patches.options().dtype(at::kInt));
   if (out.numel() == 0) return {out, index};
+  check_grid(cuda::maxsim_forward_grid(kernel_sizes(s)), "stzsar::spatial_maxsim_fused_fwd",
+             "score fewer frames x classes per call");
   const cudaStream_t stream = c10::cuda::getCurrentCUDAStream(patches.device().index()).stream();
   check_launch(cuda::spatial_maxsim_forward(element_type(patches.scalar_type()), patches.data_ptr(), words.data_ptr(),
                                             word_mask.data_ptr<bool>(), kernel_sizes(s), out.data_ptr<float>(),
@@ -57,6 +65,10 @@ std::tuple<at::Tensor, at::Tensor> spatial_maxsim_fused_bwd_cuda(const at::Tenso
   auto grad_patches = fp32 ? at::empty_like(patches) : at::empty(patches.sizes(), f32);
   auto grad_words = fp32 ? at::empty_like(words) : at::empty(words.sizes(), f32);
   if (grad_patches.numel() > 0 || grad_words.numel() > 0) {
+    check_grid(cuda::maxsim_grad_patches_grid(kernel_sizes(s)), "stzsar::spatial_maxsim_fused_bwd",
+               "use fewer frames per call or a smaller D");
+    check_grid(cuda::maxsim_grad_words_grid(kernel_sizes(s)), "stzsar::spatial_maxsim_fused_bwd",
+               "use fewer classes per call or a smaller D");
     // The kernels also zero the rows that no winner reaches.
     const cudaStream_t stream = c10::cuda::getCurrentCUDAStream(patches.device().index()).stream();
     check_launch(cuda::spatial_maxsim_backward(element_type(patches.scalar_type()), grad.data_ptr<float>(),

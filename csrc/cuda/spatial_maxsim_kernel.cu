@@ -385,9 +385,10 @@ cudaError_t launch_forward(const void* patches, const void* words, const bool* w
   using scalar_t = typename Tile::scalar_t;
   const int group_classes = choose_group_classes(s.C, s.Nw);
   const int64_t n_groups = (s.C + group_classes - 1) / group_classes;
-  const int64_t blocks = s.B * s.T * n_groups;
+  const int64_t blocks = maxsim_forward_grid(s).x;
   if (blocks == 0) return cudaSuccess;
-  if (blocks > INT_MAX || s.Np > INT_MAX || s.D > INT_MAX || s.C > INT_MAX || s.Nw > INT_MAX || s.T > INT_MAX)
+  if (!cuda_grid::fits(maxsim_forward_grid(s)) || s.Np > INT_MAX || s.D > INT_MAX || s.C > INT_MAX ||
+      s.Nw > INT_MAX || s.T > INT_MAX)
     return cudaErrorInvalidConfiguration;
   const bool vec = s.D % Tile::kVecElems == 0 && aligned16(patches) && aligned16(words);
   auto* kernel = vec ? maxsim_forward_kernel<Tile, true> : maxsim_forward_kernel<Tile, false>;
@@ -477,17 +478,17 @@ __global__ void __launch_bounds__(kGradThreads)
 template <typename T>
 cudaError_t launch_backward(const float* grad, const void* patches, const void* words, const int32_t* index,
                             const MaxsimSizes& s, float* grad_patches, float* grad_words, cudaStream_t stream) {
-  const int64_t feature_blocks = (s.D + kGradThreads - 1) / kGradThreads;
-  if (feature_blocks > 65535 || s.B * s.T > INT_MAX || s.C > INT_MAX) return cudaErrorInvalidConfiguration;
+  const cuda_grid::Grid patches_grid = maxsim_grad_patches_grid(s), words_grid = maxsim_grad_words_grid(s);
+  if (!cuda_grid::fits(patches_grid) || !cuda_grid::fits(words_grid)) return cudaErrorInvalidConfiguration;
   if (s.B * s.T > 0 && s.D > 0) {
-    const dim3 grid(static_cast<unsigned>(s.B * s.T), static_cast<unsigned>(feature_blocks));
+    const dim3 grid(static_cast<unsigned>(patches_grid.x), static_cast<unsigned>(patches_grid.y));
     grad_patches_kernel<T><<<grid, kGradThreads, 0, stream>>>(grad, static_cast<const T*>(words), index, s.T, s.Np,
                                                               s.D, s.C, s.Nw, grad_patches);
     const cudaError_t err = cudaGetLastError();
     if (err != cudaSuccess) return err;
   }
   if (s.C > 0 && s.D > 0) {
-    const dim3 grid(static_cast<unsigned>(s.C), static_cast<unsigned>(feature_blocks));
+    const dim3 grid(static_cast<unsigned>(words_grid.x), static_cast<unsigned>(words_grid.y));
     grad_words_kernel<T><<<grid, kGradThreads, 0, stream>>>(grad, static_cast<const T*>(patches), index, s.B, s.T,
                                                             s.Np, s.D, s.C, s.Nw, grad_words);
   }
@@ -495,6 +496,17 @@ cudaError_t launch_backward(const float* grad, const void* patches, const void* 
 }
 
 }  // namespace
+
+cuda_grid::Grid maxsim_forward_grid(const MaxsimSizes& s) {
+  const int64_t group_classes = choose_group_classes(s.C, s.Nw);
+  return {s.B * s.T * ((s.C + group_classes - 1) / group_classes), 1, 1};
+}
+
+cuda_grid::Grid maxsim_grad_patches_grid(const MaxsimSizes& s) {
+  return {s.B * s.T, (s.D + kGradThreads - 1) / kGradThreads, 1};
+}
+
+cuda_grid::Grid maxsim_grad_words_grid(const MaxsimSizes& s) { return {s.C, (s.D + kGradThreads - 1) / kGradThreads, 1}; }
 
 cudaError_t spatial_maxsim_forward(ElementType type, const void* patches, const void* words, const bool* word_mask,
                                    const MaxsimSizes& sizes, float* out, int32_t* index, cudaStream_t stream) {

@@ -9,6 +9,8 @@
 
 #include <cstdint>
 
+#include "launch_grid.h"
+
 namespace stzsar {
 namespace cuda {
 
@@ -23,6 +25,13 @@ struct MaxsimSizes {
 // among the maxima. A class without a valid word gets -inf and index 0. Returns the launch error.
 cudaError_t spatial_maxsim_forward(ElementType type, const void* patches, const void* words, const bool* word_mask,
                                    const MaxsimSizes& sizes, float* out, int32_t* index, cudaStream_t stream);
+
+// Launch grids: the forward's (x: frames x groups of classes), the backward's for grad_patches (x:
+// frames, y: blocks of 128 features) and grad_words (x: classes, y: blocks of features). The launchers
+// fail with cudaErrorInvalidConfiguration where cuda_grid::fits is false (the glue reports it first).
+cuda_grid::Grid maxsim_forward_grid(const MaxsimSizes& sizes);
+cuda_grid::Grid maxsim_grad_patches_grid(const MaxsimSizes& sizes);
+cuda_grid::Grid maxsim_grad_words_grid(const MaxsimSizes& sizes);
 
 // grad_patches[b, t, k] = sum over c whose winner is (k, l) of grad[b, c, t] * words[c, l], and
 // grad_words[c, l] = sum over (b, t) whose winner is (k, l) of grad[b, c, t] * patches[b, t, k], in fp32,

@@ -39,13 +39,17 @@ void check_launch(cudaError_t error, const char* op) {
 void check_temporal_limits(const char* op, const sti::TemporalSizes& z) {
   TORCH_CHECK(sti_cuda::temporal_fits(z.T, z.Nw), op, ": T * Nw = ", z.T, " * ", z.Nw,
               " is too large for one block's shared memory (use backend='triton' or 'torch')");
-  TORCH_CHECK(z.B <= 65535, op, ": at most 65535 videos per call, got ", z.B);
+  const cuda_grid::Grid g = sti_cuda::temporal_grid(z.B, z.C, z.T, z.Nw);
+  TORCH_CHECK(z.B <= cuda_grid::kMaxYZ, op, ": at most ", cuda_grid::kMaxYZ, " videos per call (grid axis y), got ", z.B);
+  TORCH_CHECK(cuda_grid::fits(g), op, ": the launch grid (", g.x, ", ", g.y, ") exceeds CUDA's limits; score fewer classes per call");
 }
 
 void check_similarity_limits(const char* op, const sti::SimilaritySizes& z) {
   TORCH_CHECK(sti_cuda::similarity_fits(z.T), op, ": T = ", z.T,
               " frames do not fit one block's shared memory (use backend='triton' or 'torch')");
-  TORCH_CHECK(z.B <= 65535, op, ": at most 65535 videos per call, got ", z.B);
+  const cuda_grid::Grid g = sti_cuda::similarity_grid(z.B, z.C);
+  TORCH_CHECK(z.B <= cuda_grid::kMaxYZ, op, ": at most ", cuda_grid::kMaxYZ, " videos per call (grid axis y), got ", z.B);
+  TORCH_CHECK(cuda_grid::fits(g), op, ": the launch grid (", g.x, ", ", g.y, ") exceeds CUDA's limits; score fewer classes per call");
 }
 
 at::Tensor temporal_saliency_fused_fwd_cuda(const at::Tensor& s_sp, const at::Tensor& frames, const at::Tensor& words,

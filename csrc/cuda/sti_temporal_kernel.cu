@@ -326,13 +326,23 @@ bool temporal_fits(int64_t T, int64_t Nw) { return temporal_smem(T, 1, Nw) <= kS
 
 bool similarity_fits(int64_t T) { return similarity_smem(T) <= kSmemLimit; }
 
+cuda_grid::Grid temporal_grid(int64_t B, int64_t classes, int64_t T, int64_t Nw) {
+  const int64_t cb = temporal_classes_per_block(classes, T, Nw);
+  return {(classes + cb - 1) / cb, B, 1};
+}
+
+cuda_grid::Grid similarity_grid(int64_t B, int64_t C) {
+  return {(C + kSimilarityClasses - 1) / kSimilarityClasses, B, 1};
+}
+
 cudaError_t temporal_saliency_forward(ElementType type, const float* s, const void* frames, const void* words,
                                       const bool* word_mask, const TemporalSizes& z, float tau, float* out,
                                       cudaStream_t stream) {
   if (z.B == 0 || z.C == 0 || z.T == 0) return cudaSuccess;
-  if (!temporal_fits(z.T, z.Nw) || z.B > 65535) return cudaErrorInvalidConfiguration;
+  const cuda_grid::Grid g = temporal_grid(z.B, z.C, z.T, z.Nw);
+  if (!temporal_fits(z.T, z.Nw) || !cuda_grid::fits(g)) return cudaErrorInvalidConfiguration;
   const int64_t cb = temporal_classes_per_block(z.C, z.T, z.Nw);
-  const dim3 grid(static_cast<unsigned>((z.C + cb - 1) / cb), static_cast<unsigned>(z.B));
+  const dim3 grid(static_cast<unsigned>(g.x), static_cast<unsigned>(g.y));
   const size_t smem = temporal_smem(z.T, cb, z.Nw);
   return dispatch(type, [&](auto tag) {
     using T = decltype(tag);
@@ -348,9 +358,10 @@ cudaError_t temporal_saliency_backward_coef(ElementType type, const float* grad,
                                             float tau, int64_t c_lo, int64_t c_hi, int64_t ldc, float* grad_s,
                                             float* coef, cudaStream_t stream) {
   if (z.B == 0 || c_hi <= c_lo || z.T == 0) return cudaSuccess;
-  if (!temporal_fits(z.T, z.Nw) || z.B > 65535) return cudaErrorInvalidConfiguration;
+  const cuda_grid::Grid g = temporal_grid(z.B, c_hi - c_lo, z.T, z.Nw);
+  if (!temporal_fits(z.T, z.Nw) || !cuda_grid::fits(g)) return cudaErrorInvalidConfiguration;
   const int64_t cb = temporal_classes_per_block(c_hi - c_lo, z.T, z.Nw);
-  const dim3 grid(static_cast<unsigned>((c_hi - c_lo + cb - 1) / cb), static_cast<unsigned>(z.B));
+  const dim3 grid(static_cast<unsigned>(g.x), static_cast<unsigned>(g.y));
   const size_t smem = temporal_smem(z.T, cb, z.Nw);
   return dispatch(type, [&](auto tag) {
     using T = decltype(tag);
@@ -364,9 +375,9 @@ cudaError_t temporal_saliency_backward_coef(ElementType type, const float* grad,
 cudaError_t sti_similarity_forward(ElementType type, const float* s, const void* frames, const void* class_emb,
                                    const SimilaritySizes& z, float eps, float* out, cudaStream_t stream) {
   if (z.B == 0 || z.C == 0) return cudaSuccess;
-  if (!similarity_fits(z.T) || z.B > 65535) return cudaErrorInvalidConfiguration;
-  const dim3 grid(static_cast<unsigned>((z.C + kSimilarityClasses - 1) / kSimilarityClasses),
-                  static_cast<unsigned>(z.B));
+  const cuda_grid::Grid g = similarity_grid(z.B, z.C);
+  if (!similarity_fits(z.T) || !cuda_grid::fits(g)) return cudaErrorInvalidConfiguration;
+  const dim3 grid(static_cast<unsigned>(g.x), static_cast<unsigned>(g.y));
   return dispatch(type, [&](auto tag) {
     using T = decltype(tag);
     similarity_kernel<T, false><<<grid, kThreads, similarity_smem(z.T), stream>>>(
@@ -380,9 +391,9 @@ cudaError_t sti_similarity_backward_coef(ElementType type, const float* grad, co
                                          const void* class_emb, const SimilaritySizes& z, float eps, float* grad_s,
                                          float* coef, cudaStream_t stream) {
   if (z.B == 0 || z.C == 0) return cudaSuccess;
-  if (!similarity_fits(z.T) || z.B > 65535) return cudaErrorInvalidConfiguration;
-  const dim3 grid(static_cast<unsigned>((z.C + kSimilarityClasses - 1) / kSimilarityClasses),
-                  static_cast<unsigned>(z.B));
+  const cuda_grid::Grid g = similarity_grid(z.B, z.C);
+  if (!similarity_fits(z.T) || !cuda_grid::fits(g)) return cudaErrorInvalidConfiguration;
+  const dim3 grid(static_cast<unsigned>(g.x), static_cast<unsigned>(g.y));
   return dispatch(type, [&](auto tag) {
     using T = decltype(tag);
     similarity_kernel<T, true><<<grid, kThreads, similarity_smem(z.T), stream>>>(

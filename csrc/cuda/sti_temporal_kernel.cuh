@@ -10,6 +10,8 @@
 
 #include <cstdint>
 
+#include "launch_grid.h"
+
 namespace stzsar {
 namespace sti_cuda {
 
@@ -27,6 +29,11 @@ struct SimilaritySizes {
 // the launchers fail with cudaErrorInvalidConfiguration otherwise (the glue reports it first).
 bool temporal_fits(int64_t T, int64_t Nw);
 bool similarity_fits(int64_t T);
+
+// Launch grids (x: blocks of classes, y: videos) for `classes` classes of B videos; the launchers
+// fail with cudaErrorInvalidConfiguration where cuda_grid::fits is false (the glue reports it first).
+cuda_grid::Grid temporal_grid(int64_t B, int64_t classes, int64_t T, int64_t Nw);
+cuda_grid::Grid similarity_grid(int64_t B, int64_t C);
 
 // out[b, c, t] = mean over valid l of softmax over t of s[b, c, t] <frames[b, t], words[c, l]> / tau.
 // One block per (class block, video); writes every out[b, c, t]. Returns the launch error.
