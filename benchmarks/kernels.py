@@ -20,6 +20,14 @@ Peak memory is the extra memory above the inputs:
   ``VmHWM - VmRSS`` around the call (``ru_maxrss`` deltas where ``clear_refs`` is not allowed).
   Resident memory counts what the process really touched, including allocator slack.
 
+``--peers`` also times the published late-interaction MaxSim kernels (``flash-maxsim``,
+``late-interaction-kernels``; ``benchmarks/peers.py``) on the same similarity volume: each class a
+query of its words, each frame a document of its patches; they sum the per-word maxima where the
+op takes their max. Their rows carry ``peer: true``; every fused row gets ``vs_peer`` (peer time /
+its time, per peer and mode), and their forward row a check of their per-word maxima against a
+float64 reference and of their max over the words against the op. On the CPU they run only under
+``TRITON_INTERPRET=1`` (times meaningless; forward only, their backward needs CUDA tensors).
+
 ``--op sti`` dispatches to ``benchmarks/sti_step.py`` (``run(args) -> rows``) when it exists.
 
 Results: one table on stdout, and JSON (``--json-out``, default
@@ -61,7 +69,7 @@ FUSED = ("cpu", "cuda", "triton")
 
 # The spatial op's targets.
 CPU_TARGETS = {"fwd_vs_naive": 1.0, "fwd_vs_matmul_time": 1.25, "fwdbwd_vs_naive": 2.5, "mem_vs_naive": 1 / 20}
-GPU_TARGETS = {"fwd_frac_matmul": 0.5, "fwdbwd_vs_naive": 2.5}
+GPU_TARGETS = {"fwd_frac_matmul": 0.5, "fwdbwd_vs_naive": 2.5, "fwd_vs_peers": 1.0, "fwdbwd_vs_peers": 1.0}
 
 
 # --------------------------------------------------------------------------------------------
@@ -277,8 +285,30 @@ def finish_rows(rows: List[Dict[str, Any]], matmul_gflops: Optional[float]) -> N
             row.setdefault("vs_naive", naive["time_s"] / row["time_s"])
 
 
+def add_vs_peer(rows: List[Dict[str, Any]]) -> None:
+    """``vs_peer`` of every timed fused row: each peer's time in the same mode / the row's time."""
+    for row in rows:
+        if row.get("backend") not in FUSED or not row.get("time_s"):
+            continue
+        ratios = {
+            peer["backend"]: peer["time_s"] / row["time_s"]
+            for peer in rows
+            if peer.get("peer") and peer.get("mode") == row.get("mode") and peer.get("time_s")
+        }
+        if ratios:
+            row["vs_peer"] = ratios
+
+
+def _vs_peer_text(row: Dict[str, Any]) -> str:
+    from benchmarks.peers import PEERS
+
+    ratios = row.get("vs_peer") or {}
+    return ", ".join(f"{PEERS[name].short} {fmt(value)}x" for name, value in ratios.items()) or "-"
+
+
 def print_table(rows: List[Dict[str, Any]], device: torch.device, title: str, notes: Sequence[str]) -> None:
     unit, scale = ("TFLOP/s", 1e-3) if device.type == "cuda" else ("GFLOP/s", 1.0)
+    with_peers = any(row.get("vs_peer") for row in rows)
     body = []
     for row in rows:
         peak = row.get("peak_bytes")
@@ -296,7 +326,11 @@ def print_table(rows: List[Dict[str, Any]], device: torch.device, title: str, no
                 row.get("note", ""),
             ]
         )
+        if with_peers:
+            body[-1].insert(4, _vs_peer_text(row))
     headers = ["backend", "mode", "time ms", "vs naive", unit, "of matmul", "peak MB", "work MB", "check", "note"]
+    if with_peers:
+        headers.insert(4, "vs peers")
     print(format_table(headers, body, title=title, notes=notes))
 
 
@@ -346,6 +380,14 @@ def check_targets(rows: List[Dict[str, Any]], device: torch.device, matmul_gflop
         add("forward / bf16 matmul rate (>=)", GPU_TARGETS["fwd_frac_matmul"], fwd and fwd["frac_matmul"], fwd and fwd["backend"])
         fb = _best(rows, "fwd+bwd", "vs_naive")
         add("fwd+bwd faster than naive (x)", GPU_TARGETS["fwdbwd_vs_naive"], fb and fb["vs_naive"], fb and fb["backend"], note=naive_missing)
+        for mode, key, name in (("fwd", "fwd_vs_peers", "forward"), ("fwd+bwd", "fwdbwd_vs_peers", "fwd+bwd")):
+            timed_peers = [r for r in rows if r.get("peer") and r.get("mode") == mode and r.get("time_s")]
+            if not timed_peers:
+                continue
+            fastest = min(timed_peers, key=lambda r: r["time_s"])
+            ours = _best(rows, mode, "time_s", highest=False)
+            measured = ours and fastest["time_s"] / ours["time_s"]
+            add(f"{name} vs the faster peer (x)", GPU_TARGETS[key], measured, ours and ours["backend"], note=f"fastest peer: {fastest['backend']}")
     return out
 
 
@@ -388,6 +430,64 @@ def cross_check(backends: Sequence[str], inputs, device: torch.device) -> Dict[s
     return result
 
 
+def time_row(row: Dict[str, Any], fn: Callable[[], Any], device: torch.device, args) -> None:
+    """The row's median time and every timing; on a GPU also its peak memory."""
+    times = time_case(fn, device, args.warmup, args.repeats)
+    row["time_s"] = statistics.median(times)
+    row["times_s"] = times
+    if device.type == "cuda":
+        row["peak_bytes"] = gpu_peak_bytes(fn, device)
+        row["mem_method"] = "cuda.max_memory_allocated - allocated before"
+
+
+def require_peers(device: torch.device) -> None:
+    """Fail before any timing when a peer cannot run here."""
+    from benchmarks import peers
+
+    for name in peers.PEERS:
+        try:
+            peers.load(name)
+            peers.check_device(name, torch.empty(0, device=device))
+        except peers.PeerUnavailable as error:
+            raise SystemExit(f"--peers: {error}") from error
+
+
+def run_peers(args, device: torch.device, dtype: torch.dtype, dims: Dict[str, int], inputs, rows: List[Dict[str, Any]]) -> Dict[str, Any]:
+    """Rows of the published MaxSim kernels (``benchmarks/peers.py``) on the benchmark's inputs,
+    appended to ``rows``; returns what each peer is and how it checked."""
+    from benchmarks import peers
+    from stzsar.ops import spatial_maxsim
+
+    patches, words, word_mask, grad = inputs
+    info: Dict[str, Any] = {}
+    if not args.no_check:
+        with torch.no_grad():
+            ours = spatial_maxsim(patches[:1, :2], words, word_mask)  # the slice peers.check compares
+    for name, peer in peers.PEERS.items():
+        entry = info[name] = {"version": peers.version(name), "api": peer.api, "compared": peers.COMPARED}
+        if not args.no_check:
+            entry["check"] = peers.check(name, patches, words, word_mask, ours)
+        for backward in (False, True):
+            mode = "fwd+bwd" if backward else "fwd"
+            flops = maxsim_flops(dims, False) + (peers.backward_flops(dims) if backward else 0)
+            row: Dict[str, Any] = {"op": "maxsim", "backend": name, "peer": True, "version": entry["version"], "mode": mode, "flops": flops}
+            if backward and device.type == "cpu":
+                row["note"] = f"not run: {peer.cpu_backward}"
+                rows.append(row)
+                continue
+            fn = peers.timed_call(name, patches, words, word_mask, grad, backward)
+            time_row(row, fn, device, args)
+            if row.get("peak_bytes") is not None:
+                row["work_bytes"] = max(0, row["peak_bytes"] - output_bytes(dims, dtype, backward))
+            if not backward and "check" in entry:
+                row["check"] = entry["check"]["text"]
+            rows.append(row)
+            print(f"  {peer.short:>7} {mode:<8} {row['time_s'] * 1e3:10.3f} ms  ({name} {entry['version']})", flush=True)
+            del fn
+            gc.collect()
+    return info
+
+
 def run_maxsim(args, device: torch.device, dtype: torch.dtype, dims: Dict[str, int]) -> Dict[str, Any]:
     from stzsar.ops import available_backends
 
@@ -399,6 +499,8 @@ def run_maxsim(args, device: torch.device, dtype: torch.dtype, dims: Dict[str, i
             raise SystemExit(f"backend(s) {unknown} not available on {device.type} here (available: {backends})")
         backends = wanted
 
+    if args.peers:
+        require_peers(device)
     B, C, T, Np, Nw, D = (dims[k] for k in ("B", "C", "T", "Np", "Nw", "D"))
     # The machine's dense matmul rate at the naive formulation's GEMM size.
     rates = {}
@@ -431,13 +533,8 @@ def run_maxsim(args, device: torch.device, dtype: torch.dtype, dims: Dict[str, i
                 rows.append(row)
                 continue
             fn = case_fn(backend, inputs, backward)
-            times = time_case(fn, device, args.warmup, args.repeats)
-            row["time_s"] = statistics.median(times)
-            row["times_s"] = times
-            if device.type == "cuda":
-                row["peak_bytes"] = gpu_peak_bytes(fn, device)
-                row["mem_method"] = "cuda.max_memory_allocated - allocated before"
-            elif not args.no_memory:
+            time_row(row, fn, device, args)
+            if device.type == "cpu" and not args.no_memory:
                 mem = cpu_peak_bytes(backend, backward, dims, args.dtype)
                 row["peak_bytes"] = mem["peak_bytes"]
                 row["mem_method"] = mem["method"]
@@ -449,7 +546,9 @@ def run_maxsim(args, device: torch.device, dtype: torch.dtype, dims: Dict[str, i
             print(f"  {backend:>7} {mode:<8} {row['time_s'] * 1e3:10.3f} ms", flush=True)
             del fn
             gc.collect()
+    peer_info = run_peers(args, device, dtype, dims, inputs, rows) if args.peers else None
     finish_rows(rows, matmul_gflops)
+    add_vs_peer(rows)
     targets = check_targets(rows, device, matmul_gflops)
 
     notes += [
@@ -461,9 +560,22 @@ def run_maxsim(args, device: torch.device, dtype: torch.dtype, dims: Dict[str, i
         + "; work MB: peak less the outputs every formulation returns (scores; fwd+bwd: both input gradients)",
         "naive: one addmm of all patches x all words (mask as -inf bias) + amax over (patch, word); autograd backward",
     ]
+    if peer_info:
+        from benchmarks.peers import COMPARED, PEERS
+
+        notes += [
+            "peers: " + ", ".join(f"{PEERS[n].short} = {n} {i['version']}" for n, i in peer_info.items()) + f"; {COMPARED}",
+            "peers' rate: forward flops as ours; fwd+bwd adds their winners-only backward, 4*B*T*C*Nw*D (one winner per word); "
+            "vs peers = peer time / the row's time",
+        ]
+        if device.type == "cpu":
+            notes.append("peers on the CPU: Triton's interpreter (times say nothing about speed)")
     print_table(rows, device, f"stzsar::spatial_maxsim on {device.type}", notes)
     print_targets(targets)
-    return {"rows": rows, "matmul": rates, "targets": targets, "notes": notes, "checks": checks}
+    result = {"rows": rows, "matmul": rates, "targets": targets, "notes": notes, "checks": checks}
+    if peer_info is not None:
+        result["peers"] = peer_info
+    return result
 
 
 # --------------------------------------------------------------------------------------------
@@ -485,6 +597,12 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--no-memory", action="store_true", help="skip the CPU memory subprocesses")
     parser.add_argument("--no-check", action="store_true", help="skip the cross-check of scores between backends")
     parser.add_argument("--skip-slow-reference", action="store_true", help="skip the torch reference backward on CPU")
+    parser.add_argument(
+        "--peers",
+        action="store_true",
+        help="also time flash-maxsim and late-interaction-kernels on the same similarity volume (benchmarks/peers.py; "
+        "CUDA, or CPU under TRITON_INTERPRET=1)",
+    )
     parser.add_argument("--json-out", default=None, help="JSON path (default benchmarks/results/kernels[-sti]-<device>.json)")
     parser.add_argument("--_memory-case", dest="memory_case", default=None, help=argparse.SUPPRESS)
     return parser
