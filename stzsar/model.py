@@ -248,6 +248,7 @@ def _create_clip(name: str, pretrained: Optional[str], image_size: Optional[int]
     if meta:
         kwargs["device"] = "meta"  # open_clip would otherwise copy the meta tensors to the CPU
     is_file = bool(pretrained) and os.path.isfile(str(pretrained))
+    tokenizer = _load_tokenizer(name, meta)  # first: a missing tokenizer fails before a long build
     try:
         if pretrained and is_file:
             with _quiet_random_init():
@@ -271,8 +272,64 @@ def _create_clip(name: str, pretrained: Optional[str], image_size: Optional[int]
             f"{type(error).__name__}: {str(error).splitlines()[0] if str(error) else ''}\n"
             f"Known tags for {name}: {tags or 'none'}. " + _offline_advice(name)
         ) from None
-    tokenizer = open_clip.get_tokenizer(name)
     return clip, tokenizer
+
+
+class TokenizerUnavailable(RuntimeError):
+    """Raised when a model's tokenizer cannot be had (a Hugging Face tokenizer, not cached, no network)."""
+
+
+class _UnavailableTokenizer:
+    """Stands in for a tokenizer that could not be loaded, on the meta device only (shapes, nothing
+    is tokenized there): any use raises the loading error."""
+
+    def __init__(self, message: str):
+        self.message = message
+
+    def __call__(self, *args, **kwargs):
+        raise TokenizerUnavailable(self.message)
+
+    def __getattr__(self, name):
+        if name.startswith("__"):  # copy, pickle and friends probe these
+            raise AttributeError(name)
+        raise TokenizerUnavailable(self.message)
+
+
+def _load_tokenizer(name: str, meta: bool = False):
+    """open_clip's tokenizer of ``name``. OpenAI's BPE ships with open_clip; a Hugging Face
+    tokenizer (SigLIP, CLIPA, ...) is read from the Hugging Face cache, or downloaded where the hub
+    answers. Where neither works, :class:`TokenizerUnavailable` at once (not after the hub client's
+    minute of retries), saying how to provide it offline."""
+    import open_clip
+
+    hub = ((open_clip.get_model_config(name) or {}).get("text_cfg") or {}).get("hf_tokenizer_name")
+    if hub is None or os.path.isdir(hub):  # shipped with open_clip, or a local folder
+        return open_clip.get_tokenizer(name)
+    from huggingface_hub import constants, try_to_load_from_cache
+
+    offline = bool(constants.HF_HUB_OFFLINE)
+    cached = isinstance(try_to_load_from_cache(hub, "tokenizer_config.json"), str)
+    reason = None
+    if not cached:
+        reason = "offline mode is on (HF_HUB_OFFLINE=1)" if offline else _unreachable(constants.ENDPOINT)
+    if reason is None:
+        constants.HF_HUB_OFFLINE = offline or cached  # a cached copy is read without asking the hub
+        try:
+            return open_clip.get_tokenizer(name)
+        except Exception as error:
+            reason = f"{type(error).__name__}: {str(error).splitlines()[0] if str(error) else ''}"
+        finally:
+            constants.HF_HUB_OFFLINE = offline
+    message = (
+        f"the tokenizer of {name!r} cannot be loaded: it is the Hugging Face tokenizer {hub!r}, which is "
+        f"not in this machine's Hugging Face cache and cannot be downloaded here ({reason}). To use "
+        f"{name} offline, load it once on a machine with network (python -c \"from transformers import "
+        f"AutoTokenizer; AutoTokenizer.from_pretrained('{hub}')\"), copy that machine's Hugging Face "
+        f"cache (~/.cache/huggingface/hub, or $HF_HUB_CACHE) to the same place here, and set HF_HUB_OFFLINE=1."
+    )
+    if meta:
+        return _UnavailableTokenizer(message)
+    raise TokenizerUnavailable(message)
 
 
 def load_clip_weights(clip: nn.Module, path: Union[str, Path]) -> None:
@@ -358,7 +415,7 @@ class STZSARModel(nn.Module):
         """Prompts ``template.format(name, attributes...)`` through the frozen text encoder."""
         prompts = build_prompts(
             class_names, attributes, template=self.config.template,
-            context_length=self.text.context_length,
+            context_length=self.text.context_length, tokenizer=self.text.vocabulary,
         )
         return self.text([p.text for p in prompts])
 

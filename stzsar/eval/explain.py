@@ -121,11 +121,16 @@ def prompt_words(tokenizer, prompt: str, class_name: str, template: str, valid: 
     """
     ids = tokenizer([prompt])[0].tolist()
     decoder = getattr(tokenizer, "decoder", None)
+    # open_clip's Hugging Face tokenizers (SigLIP's) decode through their inner tokenizer and may
+    # have no start token, so the word axis then starts at token 0 (as the text encoder's does).
+    hf = getattr(tokenizer, "tokenizer", None) if decoder is None else None
+    specials = set(hf.all_special_ids if hf is not None else getattr(tokenizer, "all_special_ids", ()))
+    start = 1 if hf is None or ids[0] in specials else 0
     pieces: List[str] = []
-    for token in ids[1:]:
-        if token in getattr(tokenizer, "all_special_ids", ()) or token == getattr(tokenizer, "eot_token_id", None):
+    for token in ids[start:]:
+        if token in specials or token == getattr(tokenizer, "eot_token_id", None):
             break
-        pieces.append(decoder[token] if decoder is not None else tokenizer.decode([token]))
+        pieces.append(decoder[token] if decoder is not None else (hf or tokenizer).decode([token]))
 
     def clean(text: str) -> str:
         if decoder is None:
@@ -147,6 +152,10 @@ def prompt_words(tokenizer, prompt: str, class_name: str, template: str, valid: 
     # Roles and comma-separated phrases.
     roles = ["word"] * len(pieces)
     encode = getattr(tokenizer, "encode", None)
+    if hf is not None:
+        from stzsar.text.encoder import TokenVocabulary
+
+        encode = TokenVocabulary(tokenizer).encode
     if encode is not None:
         prefix, suffix = _template_parts(template)
         from stzsar.classes import display_name
