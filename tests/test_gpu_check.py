@@ -80,7 +80,10 @@ def test_dry_run_of_every_stage_passes_every_step(stage, tmp_path):
             assert "--maxfail=" in step["command"] and " -x" not in step["command"]
         if spec.kind == "bench":
             rows = step["figures"]["rows"]
-            assert {"cpu", "triton", "naive"} <= {r["backend"] for r in rows}, step["name"]
+            backends = {r["backend"] for r in rows}
+            assert "naive" in backends and "cpu" in backends, step["name"]
+            if "maxsim" in step["name"]:
+                assert "triton" in backends, step["name"]
             assert all(not str(r["check"] or "").startswith("FAIL") for r in rows), rows
     assert record["seconds"] <= time.monotonic() - t0
     assert (tmp_path / f"gpu_check-{stage}.log").exists()
@@ -97,9 +100,9 @@ def test_stage_fails_when_a_gpu_backend_is_unavailable(tmp_path):
     assert backends["status"] == "failed"
     assert "triton: disabled by STZSAR_DISABLE_BACKENDS" in backends["figures"]["summary"]
     assert backends["figures"]["probes"]["spatial_maxsim"]["triton"] == "disabled by STZSAR_DISABLE_BACKENDS"
-    assert ops["status"] == "failed"
-    assert "no case for ['triton']" in "\n".join(ops["log_tail"])
-    assert "disabled by STZSAR_DISABLE_BACKENDS" in output
+    assert ops["status"] == "failed"  # --require-backends: collection fails, naming the reason
+    ops_log = "\n".join(ops["log_tail"])
+    assert "no case for ['triton']" in ops_log and "spatial_maxsim/triton: disabled by STZSAR_DISABLE_BACKENDS" in ops_log
 
 
 def _py(code):
@@ -148,23 +151,12 @@ def test_pytest_step_with_no_case_fails(tmp_path):
 @NO_CUDA
 def test_fail_on_skip_turns_a_skip_into_a_failure():
     """tests/test_gpu_ops.py skips on a CPU outside the dry run; --fail-on-skip must fail it."""
-    args = [sys.executable, "-m", "pytest", "tests/test_gpu_ops.py", "-q", "-p", "no:cacheprovider", "-k", "test_sti_similarity and cpu-tiny-fp32-"]
-    plain = subprocess.run(args, cwd=ROOT, env=_env(GPU_CHECK_DRY="0"), capture_output=True, text=True, timeout=300)
-    assert plain.returncode == 0 and "skipped" in plain.stdout, plain.stdout[-2000:]
-    strict = subprocess.run(args + ["--fail-on-skip"], cwd=ROOT, env=_env(GPU_CHECK_DRY="0"), capture_output=True, text=True, timeout=300)
-    assert strict.returncode == 1, strict.stdout[-2000:]
-    assert "allows no skips" in strict.stdout
-
-
-@NO_CUDA
-def test_require_backends_fails_collection_without_the_backend():
-    args = [sys.executable, "-m", "pytest", "tests/test_gpu_ops.py", "-q", "-p", "no:cacheprovider", "--collect-only"]
-    ok = subprocess.run(args + ["--require-backends=cpu,triton"], cwd=ROOT, env=_env(GPU_CHECK_DRY="1"), capture_output=True, text=True, timeout=300)
-    assert ok.returncode == 0, ok.stdout[-2000:] + ok.stderr[-2000:]
-    missing = subprocess.run(args + ["--require-backends=cuda,triton"], cwd=ROOT, env=_env(GPU_CHECK_DRY="1"), capture_output=True, text=True, timeout=300)
-    assert missing.returncode != 0
-    text = missing.stdout + missing.stderr
-    assert "no case for ['cuda']" in text and "no CUDA device here" in text, text[-2000:]
+    args = [sys.executable, "-m", "pytest", "tests/test_gpu_ops.py", "-q", "-p", "no:cacheprovider", "-rs",
+            "-k", "test_sti_similarity and cpu-tiny-fp32-", "--fail-on-skip"]
+    done = subprocess.run(args, cwd=ROOT, env=_env(GPU_CHECK_DRY="0"), capture_output=True, text=True, timeout=300)
+    assert done.returncode == 1, done.stdout[-2000:]
+    assert "allows no skips" in done.stdout and "no CUDA device" in done.stdout
+    assert "1 error" in done.stdout or "1 failed" in done.stdout
 
 
 def _wheel(folder, module, version="0.1"):
@@ -222,9 +214,11 @@ def test_junit_and_benchmark_figures(tmp_path):
         {"op": "maxsim", "backend": "naive", "mode": "fwd", "time_s": 0.004},
         {"op": "maxsim", "backend": "triton", "mode": "fwd", "time_s": 0.001, "vs_naive": 4.0, "peak_bytes": 3 * 2**20},
         {"op": "maxsim", "backend": "cuda", "mode": "fwd", "time_s": 0.002, "vs_naive": 2.0},
+        {"op": "maxsim", "backend": "torch", "mode": "fwd", "time_s": 0.0005},
+        {"op": "maxsim", "backend": "flash-maxsim", "mode": "fwd", "time_s": 0.003, "peer": "flash"},
     ]}
     figures = gpu_check.bench_figures(data)
-    assert figures["best"] == {"fwd": "triton 1 ms (4.00x naive)"}
+    assert figures["best"] == {"fwd": "triton 1 ms (4.00x naive)", "peer fwd": "flash-maxsim 3 ms"}
     assert figures["rows"][1]["peak_mb"] == 3.0 and figures["rows"][1]["ms"] == 1.0
 
 
