@@ -203,7 +203,8 @@ def video_flops(model, frames: int, size: int, batch: int = 1) -> Dict[str, int]
     every patch), ``temporal`` (the temporal transformer) and ``by_op``.
     """
     video = torch.empty(batch, frames, 3, size, size, device="meta")
-    _, counts = count_flops(lambda: model.video(video))
+    with parameters_without_grad(model.video):
+        _, counts = count_flops(lambda: model.video(video))
     everything = total(counts)
     temporal = total(counts, "VideoEncoder.temporal")
     return {"vit": everything - temporal, "temporal": temporal, "by_op": counts.get("Global", {})}
@@ -213,7 +214,24 @@ def encode_image_flops(model, size: int) -> int:
     """Forward flops of the open_clip image tower's own forward (``encode_image``) on one frame:
     open_clip's profile convention, where only the pooled feature goes through the head."""
     image = torch.empty(1, 3, size, size, device="meta")
-    return total(count_flops(lambda: model.video.visual(image))[1])
+    with parameters_without_grad(model.video):
+        return total(count_flops(lambda: model.video.visual(image))[1])
+
+
+@contextlib.contextmanager
+def parameters_without_grad(module) -> Iterator[None]:
+    """No parameter of ``module`` requires grad inside the block (restored on exit). Under
+    ``no_grad`` a view of a parameter still says it requires grad but has no grad_fn, and the module
+    tracker of FlopCounterMode fails on such a module input (timm's attention pool expands its
+    latent query so)."""
+    flags = [(p, p.requires_grad) for p in module.parameters()]
+    for p, _ in flags:
+        p.requires_grad_(False)
+    try:
+        yield
+    finally:
+        for p, flag in flags:
+            p.requires_grad_(flag)
 
 
 def sti_flops(model, batch: int, frames: int, patches: int, classes: int, words: int) -> Dict[str, Any]:

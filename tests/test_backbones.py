@@ -532,3 +532,19 @@ def test_fused_sti_at_the_familys_dim_and_patch_count(family_shapes, name):
 def test_unsupported_towers_say_why(name, why):
     with pytest.raises(TypeError, match=why):
         build_model(name, device="meta")
+
+
+def test_flops_of_an_attention_pooled_tower(monkeypatch):
+    """benchmarks/flops.py counts SigLIP's tower (meta device, no tokenizer needed): the patch
+    features add, per patch, the attention pool over one token, in closed form (multiply-adds: kv
+    2C^2, the latent's query C^2, output projection C^2, MLP 8C^2, attention 2C)."""
+    from huggingface_hub import constants
+
+    from benchmarks import flops as flops_bench
+
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
+    result = flops_bench.analyse(flops_bench.FlopConfig("ViT-B-16-SigLIP", frames=1, classes=1, words=1))
+    f, width, patches = result["flops"], 768, result["config"]["patches"]
+    assert patches == 196
+    per_patch_head = 2 * (12 * width * width + 2 * width)
+    assert f["vit_per_frame"] - f["vit_per_frame_class_token_projection_only"] == patches * per_patch_head
