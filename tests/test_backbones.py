@@ -548,3 +548,14 @@ def test_flops_of_an_attention_pooled_tower(monkeypatch):
     assert patches == 196
     per_patch_head = 2 * (12 * width * width + 2 * width)
     assert f["vit_per_frame"] - f["vit_per_frame_class_token_projection_only"] == patches * per_patch_head
+
+
+def test_a_hugging_face_text_model_is_refused_by_name():
+    """roberta/xlm-roberta/mt5/nllb towers (open_clip's HFTextEncoder) have no token embedding of
+    open_clip's own text transformer; the text encoder says what it needs."""
+    from types import SimpleNamespace
+
+    from stzsar.text import TextEncoder
+
+    with pytest.raises(TypeError, match="Hugging Face text model"):
+        TextEncoder.from_clip(SimpleNamespace(text=torch.nn.Linear(2, 2)), tokenizer=None)
