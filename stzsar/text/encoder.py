@@ -1,8 +1,9 @@
 """The frozen CLIP text encoder (docs/method.md section 2).
 
 ``TextEncoder(prompts) -> ClassBank(class_emb [C, D], words [C, Nw, D], word_mask [C, Nw])``:
-``class_emb`` is CLIP's usual text embedding (end-of-text token after ``ln_final`` and
-``text_projection``); ``words`` holds every token position after the same two steps, and
+``class_emb`` is CLIP's usual text embedding (the position the tower pools, after ``ln_final``
+and ``text_projection``: end-of-text for OpenAI's BPE, the last position for SigLIP); ``words``
+holds the prompts' token positions after the same two steps, and
 ``word_mask`` says which positions count as words in the STI matches (padding never does).
 ``Nw`` is trimmed to the longest prompt of the bank, so padding costs nothing downstream.
 
