@@ -212,7 +212,7 @@ def run_eval(args: argparse.Namespace) -> int:
     from stzsar.train.checkpoint import CheckpointError, locate_checkpoint
     from stzsar.eval.bank_cache import BankCache
     from stzsar.eval.distributed import init_distributed
-    from stzsar.eval.engine import EvalSettings, autocast_dtype, resolve_device, resolved_precision
+    from stzsar.eval.engine import EvalSettings, autocast_dtype, resolved_precision
     from stzsar.eval.loading import (check_attributes_cover, clip_spec, load_attributes_file,
                                      load_checkpoint_model, resolve_num_frames)
     from stzsar.eval import protocols
@@ -277,7 +277,16 @@ def run_eval(args: argparse.Namespace) -> int:
     else:
         views = (ceval.num_clips, ceval.num_crops)
 
-    context = init_distributed()
+    # The device first, as training does: a bad or conflicting one fails before any process group.
+    from stzsar.devices import resolve_device as device_for_rank
+    from stzsar.train.distributed import launched_world_size, local_rank
+
+    try:
+        device = device_for_rank(args.device or "auto", local_rank(), launched_world_size() > 1, setting="--device")
+    except (ValueError, RuntimeError) as error:
+        print(f"stzsar eval: {error}", file=sys.stderr)
+        return 2
+    context = init_distributed("nccl" if device.type == "cuda" else "gloo")
     try:
         settings = EvalSettings(
             batch_size=_option(args.batch_size, ceval.batch_size),
@@ -289,7 +298,6 @@ def run_eval(args: argparse.Namespace) -> int:
             flush_every=args.flush_every,
             compile=args.compile,
         )
-        device = resolve_device(settings.device, context)
         args.checkpoint = str(locate_checkpoint(args.checkpoint))  # a run folder: the file read, hashed, reported
         model, meta = load_checkpoint_model(args.checkpoint, device=device, pretrained=args.pretrained)
         num_frames = resolve_num_frames(args.num_frames, meta)

@@ -87,9 +87,11 @@ def default_device_id() -> int:
     or not the caller ran ``torch.cuda.set_device``), else the current device. A ``LOCAL_RANK``
     past the visible devices (a launcher that gives each rank one GPU through
     ``CUDA_VISIBLE_DEVICES``) also means the current device."""
+    from stzsar.devices import rank_gpu
+
     local = os.environ.get("LOCAL_RANK")
-    if local is not None and local.strip().isdigit() and int(local) < torch.cuda.device_count():
-        return int(local)
+    if local is not None and local.strip().isdigit():
+        return rank_gpu(int(local))
     return torch.cuda.current_device()
 
 

@@ -9,12 +9,14 @@ skipped exactly once, on exactly one rank.
 
 from __future__ import annotations
 
+import contextlib
 import logging
-from typing import List, Optional
+from typing import Iterator, List, Optional
 
 import torch
 import torch.distributed as dist
 
+from stzsar.devices import rank_gpu
 from stzsar.eval.meter import MultiViewMeter
 from stzsar.train.distributed import DistInfo, cleanup
 from stzsar.train.distributed import init_distributed as _init_process_group
@@ -39,7 +41,31 @@ def init_distributed(backend: Optional[str] = None) -> DistContext:
     if backend is None:
         backend = "nccl" if torch.cuda.is_available() else "gloo"
     info = _init_process_group("cuda" if backend == "nccl" else "cpu")
-    return DistContext(info.rank, info.world_size, info.local_rank, info.initialized_here)
+    context = DistContext(info.rank, info.world_size, info.local_rank, info.initialized_here)
+    if context.distributed and dist.get_backend() == "nccl":
+        # Also for a group someone else started: NCCL's object collectives (the store's broadcast,
+        # gather_meter) run on the current GPU, which must be this rank's own.
+        torch.cuda.set_device(rank_gpu(context.local_rank))
+    return context
+
+
+@contextlib.contextmanager
+def rank_device(context: DistInfo) -> Iterator[None]:
+    """Under NCCL, this rank's GPU as the current device for the block (restored after): the
+    object collectives place their tensors on the current GPU, and a rank whose current device is
+    another GPU would hang the collective or share a GPU with another rank. Gloo: nothing."""
+    if not (context.distributed and dist.get_backend() == "nccl"):
+        yield
+        return
+    previous, own = torch.cuda.current_device(), rank_gpu(context.local_rank)
+    if previous == own:
+        yield
+        return
+    torch.cuda.set_device(own)
+    try:
+        yield
+    finally:
+        torch.cuda.set_device(previous)
 
 
 def shard_indices(num_items: int, rank: int, world_size: int) -> List[int]:
@@ -84,7 +110,8 @@ def gather_meter(meter: MultiViewMeter, context: Optional[DistContext] = None,
     if context.distributed:
         per_rank: List[Optional[dict]] = [None] * context.world_size
         # Pickled CPU tensors: the state is small (C floats per video) next to the evaluation.
-        dist.all_gather_object(per_rank, state)
+        with rank_device(context):
+            dist.all_gather_object(per_rank, state)
     else:
         per_rank = [state]
     problem = _coverage_error(per_rank, expected)

@@ -27,6 +27,7 @@ import torch
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset
 
+from stzsar import devices
 from stzsar.eval.distributed import DistContext, gather_meter, shard_indices
 from stzsar.eval.meter import EvalResult, MultiViewMeter, view_probs
 from stzsar.eval.store import SplitStore, result_from_records
@@ -91,15 +92,11 @@ class EvalSettings:
 
 
 def resolve_device(name: str = "auto", context: Optional[DistContext] = None) -> torch.device:
-    """``auto``: this rank's CUDA device when CUDA is available, else the CPU."""
-    if name == "auto":
-        if torch.cuda.is_available():
-            return torch.device("cuda", (context.local_rank if context else 0) % torch.cuda.device_count())
-        return torch.device("cpu")
-    device = torch.device(name)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise RuntimeError(f"device {name!r} asked for, but CUDA is not available on this machine")
-    return device
+    """The device ``name`` (``EvalSettings.device``, ``--device``) means for this rank, by the rule
+    training uses too (:func:`stzsar.devices.resolve_device`): ``auto`` and ``cuda`` are the GPU
+    of the rank's local rank, and under ``torchrun`` a ``cuda:N`` naming another GPU is refused."""
+    context = context or DistContext()
+    return devices.resolve_device(name, context.local_rank, context.distributed)
 
 
 def usable_cores() -> int:

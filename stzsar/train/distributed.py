@@ -82,7 +82,9 @@ def init_distributed(device_type: str = "cpu", timeout_s: float = 1800.0) -> Dis
     rank = int(os.environ["RANK"])
     local = local_rank()
     if device_type == "cuda":
-        torch.cuda.set_device(local)
+        from stzsar.devices import rank_gpu
+
+        torch.cuda.set_device(rank_gpu(local))
     dist.init_process_group(backend, rank=rank, world_size=world_size,
                             timeout=datetime.timedelta(seconds=timeout_s))
     return DistInfo(rank, world_size, local, initialized_here=True)

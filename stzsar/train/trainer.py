@@ -45,6 +45,7 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader
 
+from stzsar import devices
 from stzsar.config import Config, save_config, validate_config
 from stzsar.train import distributed as dist_utils
 from stzsar.train.checkpoint import (
@@ -268,24 +269,10 @@ def split_dataset(split, config: Config, image_size: int):
 
 
 def resolve_device(name: str, local_rank: int = 0, distributed: bool = False) -> torch.device:
-    """The device of ``train.device`` for this process: ``cuda`` and ``auto`` mean the GPU of its
-    local rank. Under a launcher (``distributed``) each rank must use that GPU (the process group
-    binds it), so an explicit ``cuda:N`` naming another one is an error."""
-    if name == "auto":
-        return torch.device(f"cuda:{local_rank}") if torch.cuda.is_available() else torch.device("cpu")
-    device = torch.device(name)
-    if device.type == "cuda":
-        if not torch.cuda.is_available():
-            raise RuntimeError(f"train.device={name} but CUDA is not available here")
-        if device.index is None:
-            device = torch.device(f"cuda:{local_rank}")
-        elif distributed and device.index != local_rank:
-            raise ValueError(
-                f"train.device={name} conflicts with torchrun: the rank with LOCAL_RANK={local_rank} "
-                f"runs on cuda:{local_rank} (each rank takes the GPU of its local rank); set "
-                f"train.device=cuda or auto, and choose GPUs with CUDA_VISIBLE_DEVICES"
-            )
-    return device
+    """The device of ``train.device`` for this process, by the rule every command uses
+    (:func:`stzsar.devices.resolve_device`): ``cuda`` and ``auto`` mean the GPU of its local rank,
+    and under a launcher an explicit ``cuda:N`` naming another GPU is an error."""
+    return devices.resolve_device(name, local_rank, distributed, setting="train.device")
 
 
 def no_buffer_sync() -> Dict[str, bool]:
