@@ -47,7 +47,6 @@ def sti_statistics(model, dataset, bank: ClassBank, windows_path: Path, colours:
                    ) -> Dict[str, object]:
     """The statistics above for ``model`` on ``dataset`` (a demo test set with labels into ``bank``;
     ``colours[label]`` is the RGB of the class's actor)."""
-    from stzsar.data.spec import CLIP_MEAN, CLIP_STD
     from stzsar.eval.loading import denormalize
     from stzsar.ops import spatial_maxsim_with_index
 
@@ -105,7 +104,7 @@ def sti_statistics(model, dataset, bank: ClassBank, windows_path: Path, colours:
                 s_sp_out.append(float(s_sp[row][~inside].mean()))
             peak.append(float((s_temp[row] / s_temp[row].sum()).max()))
             if winners is not None:
-                pixels = denormalize(clips[row].float(), CLIP_MEAN, CLIP_STD).numpy()  # [T, H, W, 3]
+                pixels = denormalize(clips[row].float(), dataset.spec.mean, dataset.spec.std).numpy()  # [T, H, W, 3]
                 grid = int(round(patches.shape[2] ** 0.5))
                 cell_h, cell_w = pixels.shape[1] / grid, pixels.shape[2] / grid
                 rgb = colours[int(labels[row])]

@@ -234,6 +234,17 @@ def _explain_example(model, dataset, unseen_test, unseen_bank) -> Dict[str, Any]
                            unseen_test.split.videos[index].label, COLOURS[cls.colour], window, sampled)
 
 
+def use_model_clips(model, data, train_set, test_sets) -> None:
+    """Give the demo's cached clips ``model``'s input size and normalisation under the data
+    settings ``data`` (``stzsar.train.trainer.data_clip_spec``, as training and evaluation use).
+    The decoded frames stay shared; only how clips are cut from them changes."""
+    from stzsar.train.trainer import data_clip_spec
+
+    train_set.spec = data_clip_spec(model, data, training=True)
+    for test_set in test_sets:
+        test_set.spec = data_clip_spec(model, data, training=False)
+
+
 def run_demo(
     out: PathLike = "runs/demo",
     settings: Optional[DemoSettings] = None,
@@ -297,14 +308,10 @@ def run_demo(
         config.data.shots = None
         config.train.seed = settings.seed
         config.train.progress = config.train.progress and settings.progress
-        train_spec = ClipSpec(num_frames=config.data.num_frames, size=config.data.size or 32,
-                              short_side=config.data.short_side, hflip=config.data.hflip)
-        test_spec = ClipSpec(num_frames=config.data.num_frames, size=config.data.size or 32,
-                             short_side=config.data.short_side)
-
         def clips(list_file: Path, labels: Path, training: bool) -> CachedVideoDataset:
             split = build_split("bike", list_file, dataset.root, labels=labels)
-            data = CachedVideoDataset(split, train_spec if training else test_spec, training=training,
+            # Frames only: each model sets the clips' size and normalisation below (use_model_clips).
+            data = CachedVideoDataset(split, ClipSpec(num_frames=config.data.num_frames), training=training,
                                       seed=settings.seed if training else None)
             errors = data.preload()
             for error in errors:
@@ -351,6 +358,7 @@ def run_demo(
                 continue
             seed_everything(settings.seed)
             model = build_model_from_config(run_config.model_config())
+            use_model_clips(model, run_config.data, train_set=train_set, test_sets=(seen_test, unseen_test))
             if settings.progress:
                 print(f"[demo] training: {variant.label}", flush=True)
             result = train(run_config, train_set, model=model, attributes=run_attributes,

@@ -8,7 +8,9 @@ A checkpoint is one ``torch.save`` file holding a dictionary:
 - ``optimizer``, ``scheduler``, ``scaler``: their state dicts (``None`` when not given);
 - ``step``, ``epoch``, ``config`` (the run's resolved :class:`stzsar.config.Config` as a dict),
   ``rng`` (Python, NumPy, torch and CUDA generator states, one entry per rank), ``extra``;
-- ``versions``: stzsar and torch versions that wrote it.
+- ``versions``: stzsar and torch versions that wrote it;
+- ``normalisation``: the model's input ``image_mean`` and ``image_std`` (what it was trained on;
+  a model rebuilt without the pretrained weights that set them gets them back from here).
 
 Everything in it is tensors and plain data (dicts, lists, str, numbers): it is read with
 ``torch.load(weights_only=True)``, whose unpickler builds nothing else, so a checkpoint from
@@ -193,6 +195,9 @@ def save_checkpoint(
         "extra": dict(extra or {}),
         "versions": {"stzsar": str(__version__), "torch": str(torch.__version__)},
     }
+    normalisation = model_normalisation(plain)
+    if normalisation is not None:
+        payload["normalisation"] = normalisation
     _atomic_torch_save(payload, path)
     return path
 
@@ -259,6 +264,33 @@ def architecture_mismatch(stored: Optional[Dict[str, Any]], model_config: Any) -
     return found
 
 
+def model_normalisation(model: nn.Module) -> Optional[Dict[str, List[float]]]:
+    """``{"image_mean": [r, g, b], "image_std": [r, g, b]}`` of ``model``'s input, or ``None`` for a
+    model that has none (not an :class:`stzsar.model.STZSARModel`)."""
+    mean, std = getattr(model, "image_mean", None), getattr(model, "image_std", None)
+    if mean is None or std is None:
+        return None
+    return {"image_mean": [float(v) for v in mean], "image_std": [float(v) for v in std]}
+
+
+def restore_normalisation(model: nn.Module, payload: Dict[str, Any], source: str = "<checkpoint>") -> None:
+    """Give ``model`` the input normalisation the checkpoint was trained with. The model reads it
+    from its image tower (``video.visual.image_mean``/``image_std``, where open_clip records the
+    values of the pretrained weights), which a rebuild with random weights leaves at OpenAI CLIP's
+    defaults. Checkpoints written before it was stored leave the model as built."""
+    stored = payload.get("normalisation")
+    if not stored:
+        return
+    mean, std = stored.get("image_mean"), stored.get("image_std")
+    if (not isinstance(mean, (list, tuple)) or not isinstance(std, (list, tuple)) or len(mean) != 3
+            or len(std) != 3 or min(float(v) for v in std) <= 0):
+        raise CheckpointError(f"{source}: the stored normalisation is not three means and three positive "
+                              f"standard deviations: {stored}")
+    visual = unwrap_model(model).video.visual
+    visual.image_mean = tuple(float(v) for v in mean)
+    visual.image_std = tuple(float(v) for v in std)
+
+
 def load_weights(model: nn.Module, payload: Dict[str, Any], source: str = "<checkpoint>") -> None:
     """Load the checkpoint's weights into ``model``, checking that nothing is missing or left over.
 
@@ -307,7 +339,7 @@ def load_model_from_checkpoint(
     Returns:
         ``(model, meta)``: the :class:`stzsar.model.STZSARModel` in eval mode and the checkpoint's
         metadata (``step``, ``epoch``, ``config``, ``extra``, ``model_config``, ``weights``,
-        ``versions``; no tensors of weights or optimizer state).
+        ``versions``, ``normalisation`` where stored; no tensors of weights or optimizer state).
     """
     from stzsar.model import ModelConfig, build_model_from_config, upgrade_model_keys
 
@@ -329,6 +361,7 @@ def load_model_from_checkpoint(
     model = build_model_from_config(build_config, device="cpu")
     model.config = model_config if pretrained is _KEEP else build_config
     load_weights(model, payload, source=str(path))
+    restore_normalisation(model, payload, source=str(path))
     model = model.to(device).eval()
     meta = {k: v for k, v in payload.items() if k not in ("model", "optimizer", "scheduler", "scaler", "rng")}
     meta["path"] = str(path)

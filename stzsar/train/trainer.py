@@ -56,6 +56,7 @@ from stzsar.train.checkpoint import (
     load_weights,
     locate_checkpoint,
     read_checkpoint,
+    restore_normalisation,
     restore_rng_state,
     save_checkpoint,
     unwrap_model,
@@ -240,9 +241,9 @@ def check_data_config(config: Config) -> None:
         )
 
 
-def build_train_dataset(config: Config, image_size: int):
+def build_train_dataset(config: Config, model: nn.Module):
     """The training :class:`stzsar.data.VideoDataset` of ``config.data`` (few-shot subset if
-    ``data.shots``)."""
+    ``data.shots``), with ``model``'s clip settings (:func:`data_clip_spec`)."""
     from stzsar.data import build_split, few_shot
 
     check_data_config(config)
@@ -251,17 +252,28 @@ def build_train_dataset(config: Config, image_size: int):
                         subset=data.train_subset)
     if data.shots:
         split = few_shot(split, data.shots, seed=config.train.seed)
-    return split_dataset(split, config, image_size)
+    return split_dataset(split, config, model)
 
 
-def split_dataset(split, config: Config, image_size: int):
-    """A training :class:`stzsar.data.VideoDataset` over ``split`` with the config's clip settings."""
-    from stzsar.data import ClipSpec, VideoDataset
+def data_clip_spec(model: nn.Module, data: Any, training: bool = True):
+    """The clips ``model`` takes under the data settings ``data`` (``config.data``): its input size
+    and normalisation, as evaluation and ``predict`` make them (:func:`stzsar.eval.loading.clip_spec`:
+    the model's ``image_mean``/``image_std``, not OpenAI CLIP's defaults), with ``data``'s frame
+    count, crop size (``data.size`` wins when set), short side and, for training, flips."""
+    from stzsar.eval.loading import clip_spec
+
+    spec = clip_spec(unwrap_model(model), data.num_frames)
+    return dataclasses.replace(spec, size=data.size or spec.size, short_side=data.short_side,
+                               hflip=data.hflip if training else 0.0)
+
+
+def split_dataset(split, config: Config, model: nn.Module):
+    """A training :class:`stzsar.data.VideoDataset` over ``split`` with ``model``'s clip settings."""
+    from stzsar.data import VideoDataset
 
     data = config.data
-    spec = ClipSpec(num_frames=data.num_frames, size=data.size or image_size,
-                    short_side=data.short_side, hflip=data.hflip)
-    return VideoDataset(split, spec, training=True, strict=data.strict, seed=config.train.seed)
+    return VideoDataset(split, data_clip_spec(model, data), training=True, strict=data.strict,
+                        seed=config.train.seed)
 
 
 # --------------------------------------------------------------------------------------------
@@ -406,10 +418,11 @@ class Trainer:
         self.model = model
 
         # Data.
+        self._clips_follow_model = dataset is None or type(dataset).__name__ == "VideoSplit"
         if dataset is None:
-            dataset = build_train_dataset(config, model.image_size)
+            dataset = build_train_dataset(config, model)
         elif type(dataset).__name__ == "VideoSplit":
-            dataset = split_dataset(dataset, config, model.image_size)
+            dataset = split_dataset(dataset, config, model)
         self.dataset = dataset
         split = getattr(dataset, "split", None)
         self.data_root = getattr(split, "root", None) or config.data.root  # named when videos are unreadable
@@ -544,6 +557,10 @@ class Trainer:
                 f"other values named), or start a new run in another train.output_dir"
             )
         load_weights(self.model, payload, source=str(path))
+        restore_normalisation(self.model, payload, source=str(path))
+        if self._clips_follow_model:
+            # Clips normalised as the run so far trained (the workers start after this).
+            self.dataset.spec = data_clip_spec(self.model, self.config.data)
         if payload.get("optimizer") is None or payload.get("scheduler") is None:
             raise RuntimeError(f"{path}: holds no optimizer/scheduler state; it cannot resume a run")
         self.optimizer.load_state_dict(payload["optimizer"])
