@@ -806,6 +806,9 @@ def probe_build(dry: bool) -> int:
         figures.update(compiled=False, cache="hit")
         print(f"stzsar._C from the cache {cached_dir.relative_to(ROOT)} (same sources, torch, nvcc)")
     else:
+        if not dry:  # no stale build of other sources may stand in for a failed one
+            for old in (ROOT / "stzsar").glob("_C*.so"):
+                old.unlink()
         argv = [sys.executable, "setup.py", "-q", "build_ext", *args]
         print("+", " ".join(argv), flush=True)
         done = subprocess.run(argv, cwd=ROOT, env=env)
