@@ -289,3 +289,19 @@ def test_sixteen_frames_wrap_into_rows_with_readable_type(tmp_path):
         plt.close(fig)
     height, width = matplotlib.image.imread(render_explanation(e, tmp_path / "sixteen.png")).shape[:2]
     assert 800 < width <= 1600 and height < 1600
+
+
+def test_explain_shows_frames_undone_with_the_models_own_normalisation():
+    # A model whose input normalisation is not OpenAI's (SigLIP uses 0.5 / 0.5): the frames shown
+    # must be the pixels that, normalised with the model's own mean and std, give the clip.
+    model = build_model("stzsar-tiny", backend="torch")
+    mean, std = (0.5, 0.5, 0.5), (0.5, 0.5, 0.5)
+    model.video.visual.image_mean, model.video.visual.image_std = mean, std
+    assert model.image_mean == mean and model.image_std == std
+    size = model.image_size
+    g = torch.Generator().manual_seed(0)
+    pixels = torch.randint(0, 256, (4, size, size, 3), generator=g, dtype=torch.uint8)
+    clip = (pixels.permute(0, 3, 1, 2).double() / 255.0 - 0.5) / 0.5  # the equation, by hand
+    bank = model.encode_classes(["grow blue", "sky"], {"grow blue": ["blue"], "sky": ["cloud"]})
+    e = explain_video(model, clip, bank, ["grow blue", "sky"])
+    assert np.array_equal(e.frames, pixels.numpy())

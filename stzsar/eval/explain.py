@@ -219,8 +219,8 @@ def explain_video(
 
     Args:
         bank: the class bank of ``class_names`` (prompts included).
-        frames: ``uint8 [T, H, W, 3]`` pixels to show (default: ``video`` de-normalised with CLIP's
-            mean and std).
+        frames: ``uint8 [T, H, W, 3]`` pixels to show (default: ``video`` de-normalised with the
+            model's own mean and std).
         target: explain this class instead of the top one.
     """
     if video.dim() != 4 or video.shape[1] != 3:
@@ -267,7 +267,10 @@ def explain_video(
         from stzsar.data.spec import CLIP_MEAN, CLIP_STD
         from stzsar.eval.loading import denormalize
 
-        frames = denormalize(video.float().cpu(), CLIP_MEAN, CLIP_STD).numpy()
+        # The clip was normalised with the model's own mean and std (clip_spec); undo exactly that.
+        mean = getattr(model, "image_mean", CLIP_MEAN)
+        std = getattr(model, "image_std", CLIP_STD)
+        frames = denormalize(video.float().cpu(), mean, std).numpy()
     valid = mask[0].nonzero().flatten().tolist()
     prompt = bank.prompts[target] if bank.prompts else class_names[target]
     vocabulary = prompt_words(model.text.tokenizer, prompt, class_names[target], model.config.template, valid)
