@@ -588,7 +588,7 @@ def tree_state() -> Dict[str, Any]:
     return state
 
 
-def sources_hash(folders: Sequence[str] = ("stzsar", "kernels", "csrc", "benchmarks", "tests")) -> str:
+def sources_hash(folders: Sequence[str] = ("stzsar", "csrc", "benchmarks", "tests")) -> str:
     """sha256 over the source files (path and content) of the folders the checks run."""
     digest = hashlib.sha256()
     for folder in folders:

@@ -212,8 +212,8 @@ def test_few_shot_runs_each_k_and_reports_the_paper_numbers(tmp_path):
     assert run.results["K=2"].top1 == 20.0 and run.results["K=4"].top1 == 100.0
     assert run.meta["few_shot_checkpoints"]["K=4"].endswith("K4/last.pt")
     markdown = write_report(run, tmp_path / "report")["markdown"].read_text()
-    assert "| K=2 | 20.0 | 100.0 | 10 | 0 | 91.7 |" in markdown
-    assert "| K=4 | 100.0 | 100.0 | 10 | 0 | 95.0 |" in markdown
+    assert "| K=2 | 20.0 | 100.0 | 10 of 10 | 0 | 91.7 |" in markdown
+    assert "| K=4 | 100.0 | 100.0 | 10 of 10 | 0 | 95.0 |" in markdown
     with pytest.raises(ValueError, match="positive"):
         few_shot([0], finetune, split, output_dir=tmp_path, cache=False, settings=quiet())
 

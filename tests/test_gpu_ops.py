@@ -342,7 +342,7 @@ def test_sti_similarity(backend, case):
 # The temporal kernels at the largest shapes they accept, and `auto` past them
 # --------------------------------------------------------------------------------------------
 
-# (op, T, Nw): the Triton kernels' accepted limits (kernels/sti_temporal.py: T <= 64 and Nw <= 256
+# (op, T, Nw): the Triton kernels' accepted limits (stzsar/kernels/sti_temporal.py: T <= 64 and Nw <= 256
 # for temporal_saliency, T <= 128 for sti_similarity), then shapes past every GPU kernel's limit.
 LIMIT_D = 1024 if CUDA else 16
 LIMITS = [("temporal_saliency", 64, 256), ("sti_similarity", 128, 4), ("temporal_saliency", 200, 8), ("sti_similarity", 300, 4)]

@@ -8,16 +8,13 @@ The reference below is written from docs/method.md section 4 and never calls the
 from __future__ import annotations
 
 import importlib
-import importlib.util
 import os
-from pathlib import Path
 
 import pytest
 import torch
 
 triton = pytest.importorskip("triton", reason="Triton is not installed")
 
-REPO = Path(__file__).resolve().parent.parent
 DEVICE = torch.device("cuda" if torch.cuda.is_available() else "cpu")
 if DEVICE.type == "cpu" and os.environ.get("TRITON_INTERPRET") != "1":
     pytest.skip(
@@ -26,22 +23,7 @@ if DEVICE.type == "cpu" and os.environ.get("TRITON_INTERPRET") != "1":
     )
 
 
-def _load_kernels():
-    """``stzsar.kernels.spatial_maxsim`` when the package is installed (editable installs map
-    ``kernels/`` to ``stzsar.kernels``); otherwise the source file itself, so the kernels are
-    still tested in a plain checkout."""
-    try:
-        return importlib.import_module("stzsar.kernels.spatial_maxsim")
-    except ImportError:
-        spec = importlib.util.spec_from_file_location(
-            "_stzsar_triton_spatial_maxsim", REPO / "kernels" / "spatial_maxsim.py"
-        )
-        module = importlib.util.module_from_spec(spec)
-        spec.loader.exec_module(module)
-        return module
-
-
-K = _load_kernels()
+K = importlib.import_module("stzsar.kernels.spatial_maxsim")
 
 TOL = {torch.float32: 1e-5, torch.float16: 1e-2, torch.bfloat16: 1e-2}
 

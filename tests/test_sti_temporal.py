@@ -8,41 +8,13 @@ their gradients come from autograd on those loops.
 from __future__ import annotations
 
 import contextlib
-import importlib.util
 import math
 import os
 import sys
-from pathlib import Path
 
 import pytest
 import torch
 from torch.utils.flop_counter import FlopCounterMode
-
-import stzsar
-
-
-def _map_kernels_package() -> None:
-    """Make ``stzsar.kernels`` importable in a plain checkout, as the (editable) install does by
-    mapping ``kernels/`` to it, so that the ops' Triton backend is tested without an install."""
-    try:
-        importlib.import_module("stzsar.kernels")
-        return
-    except ImportError:
-        pass
-    init = Path(__file__).resolve().parent.parent / "kernels" / "__init__.py"
-    if not init.is_file():
-        return
-    spec = importlib.util.spec_from_file_location(
-        "stzsar.kernels", init, submodule_search_locations=[str(init.parent)]
-    )
-    module = importlib.util.module_from_spec(spec)
-    sys.modules["stzsar.kernels"] = module
-    spec.loader.exec_module(module)
-    stzsar.kernels = module
-    importlib.import_module("stzsar.ops.dispatch")._triton_import_error.cache_clear()
-
-
-_map_kernels_package()
 
 from stzsar.ops.spatial_maxsim import available_backends
 from stzsar.ops.temporal import sti_similarity, temporal_saliency
