@@ -44,8 +44,11 @@ class CachedVideoDataset(VideoDataset):
                 errors.append(str(error))
         return errors
 
-    def load(self, index: int, rng=None) -> Tensor:
+    def load_item(self, index: int, rng=None) -> Tuple[Tensor, None]:
+        # VideoDataset.__getitem__ and .load both go through load_item: overriding it is what
+        # keeps training and evaluation on the cache (all frames decoded, so never short).
         frames, rotation = self._decoded(index)
         indices = sample_indices(len(frames), self.spec, training=self.training, rng=rng)
-        return video_from_frames(torch.from_numpy(frames[indices]), rotation, self.spec,
+        clip = video_from_frames(torch.from_numpy(frames[indices]), rotation, self.spec,
                                  training=self.training, rng=rng)
+        return clip, None
